@@ -1,0 +1,88 @@
+"""The `anomaly-agent` command line. Each command group lives in `agent/commands/<name>.py`.
+
+Known errors print one line (cause and fix) and exit with a documented code: 2 for bad input or
+configuration, 3 for a model/server failure. `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from agent.errors import exit_code_for
+
+app = typer.Typer(
+    name="anomaly-agent",
+    help="Training-free anomaly detection: measured evidence tools + a multimodal LLM agent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules, in help order. Each exposes `register(app)`.
+_COMMAND_MODULES = (
+    "detect",
+    "chat",
+    "eval",
+    "report",
+    "tools",
+    "memory",
+    "synth",
+    "serve_model",
+    "doctor",
+    "config",
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """anomaly-agent: is this image anomalous, how confident, where, and why."""
+
+
+def _register_commands() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"agent.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"agent.commands.{name}":
+                continue  # not built yet: the CLI lists only commands that work
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="anomaly-agent", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - mapped to exit codes below
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            print("Aborted.", file=sys.stderr)
+            return 130
+        code = exit_code_for(exc)
+        if code is None or debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return code
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""One `AgentConfig` for everything the agent, tools, memory and evals need.
+
+Precedence (lowest to highest): defaults < YAML file (``--config``) < ``ANOMALY_AGENT_*``
+environment variables < explicit overrides (CLI flags, keyword arguments to `load_config`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tools.base import ToolSettings
+from tools.images import DEFAULT_MAX_PIXELS
+
+BACKENDS = ("auto", "openai", "transformers", "scripted", "none")
+_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the setting and the fix."""
+
+
+def default_home() -> Path:
+    """Where memory and caches live by default: ``$ANOMALY_AGENT_HOME`` or ``~/.cache/anomaly-agent``."""
+    return Path(os.environ.get("ANOMALY_AGENT_HOME", Path.home() / ".cache" / "anomaly-agent"))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by `load_config(config_file=...)`."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _yaml_path.get()
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            if not path.exists():
+                msg = f"config file {path} not found. Fix: check the --config path"
+                raise ConfigError(msg)
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                msg = f"config file {path} is not valid YAML ({exc}). Fix: correct the syntax"
+                raise ConfigError(msg) from None
+            if not isinstance(data, dict):
+                msg = f"config file {path} must hold a mapping of settings, got {type(data).__name__}"
+                raise ConfigError(msg)
+            unknown = sorted(set(data) - set(settings_cls.model_fields))
+            if unknown:
+                msg = f"config file {path}: unknown setting(s) {', '.join(unknown)}. Fix: see `anomaly-agent config show` for valid names"
+                raise ConfigError(msg)
+            self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class AgentConfig(BaseSettings):
+    """The effective configuration. Every field can be set as ``ANOMALY_AGENT_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_AGENT_", extra="forbid", validate_default=True)
+
+    # model backend
+    backend: Literal["auto", "openai", "transformers", "scripted", "none"] = "auto"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    api_key: SecretStr = SecretStr("EMPTY")
+    model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="model id served at base_url")
+    local_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="in-process model (path or HF id)")
+    script: Path | None = Field(None, description="scripted backend: JSON/YAML script or saved trace")
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    image_max_side: int = Field(1024, ge=64, description="images sent to the model are downscaled to this side")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    # tools and weights
+    backbone: str = "efficientnet_lite0"
+    clip_model: str = "ViT-B-16-plus-240"
+    clip_pretrained: str = "laion400m_e32"
+    sam_checkpoint: Path | None = None
+    sam_model_type: str = "vit_b"
+    weights_dir: Path | None = Field(None, description="folder searched first for weight files")
+    allow_downloads: bool = False
+
+    # budgets
+    max_model_calls: int = Field(8, ge=1)
+    max_tool_calls: int = Field(12, ge=0)
+    max_images_per_call: int = Field(4, ge=1)
+    max_wall_s: float = Field(180.0, gt=0)
+    max_reflections: int = Field(1, ge=0)
+
+    # decision
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    # memory
+    memory_path: Path = Field(default_factory=lambda: default_home() / "memory")
+    memory_host: str | None = None
+    memory_port: int = 8000
+    memory_token: SecretStr | None = None
+
+    # runtime
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def tool_settings(self, out_dir: Path | None = None) -> ToolSettings:
+        """The subset the tools read."""
+        return ToolSettings(
+            device=self.device,
+            threads=self.threads,
+            weights_dir=self.weights_dir,
+            allow_downloads=self.allow_downloads,
+            backbone=self.backbone,
+            clip_model=self.clip_model,
+            clip_pretrained=self.clip_pretrained,
+            sam_checkpoint=self.sam_checkpoint,
+            sam_model_type=self.sam_model_type,
+            out_dir=out_dir,
+        )
+
+    def masked(self) -> dict[str, Any]:
+        """The config as JSON-able values, secrets shown as '***' (for `config show`)."""
+        data = self.model_dump(mode="json")
+        for name in ("api_key", "memory_token"):
+            if getattr(self, name) is not None:
+                data[name] = "***"
+        return data
+
+
+def load_config(config_file: str | Path | None = None, **overrides: Any) -> AgentConfig:
+    """Build the effective config.
+
+    Args:
+        config_file: optional YAML file of settings.
+        overrides: explicit values (CLI flags); None values are ignored so unset flags do not win.
+
+    Raises:
+        ConfigError: unreadable file, unknown setting or invalid value, naming the fix.
+    """
+    from pydantic import ValidationError
+
+    token = _yaml_path.set(Path(config_file) if config_file else None)
+    try:
+        return AgentConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid configuration: {problems}. Fix: correct the setting (flag, ANOMALY_AGENT_* variable or --config file)"
+        raise ConfigError(msg) from None
+    finally:
+        _yaml_path.reset(token)

@@ -1,0 +1,129 @@
+"""Core result and request types (DESIGN.md, "Core types"). All round-trip through JSON.
+
+Field names follow anomalib's (`pred_score`, `pred_label`, `explanation`) so metrics bind by name.
+`Region` and `Evidence` are defined in `tools.types` (tools must not import agent) and re-exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from tools.types import Evidence, Region
+
+__all__ = ["Budget", "Evidence", "Query", "Region", "Usage", "Verdict"]
+
+Label = Literal["normal", "anomalous"]
+
+
+class Budget(BaseModel):
+    """Bounds on one query's agent loop."""
+
+    max_model_calls: int = Field(8, ge=1)
+    max_tool_calls: int = Field(12, ge=0)
+    max_images_per_call: int = Field(4, ge=1)
+    max_wall_s: float = Field(180.0, gt=0)
+
+
+class Query(BaseModel):
+    """One detection request.
+
+    Attributes:
+        image: path to the image (or its encoded bytes).
+        category: free-text class name ("bottle"); None = unknown.
+        references: normal reference images: a list of paths, a folder, a glob, "memory" (retrieve
+            from the memory store), or None (zero-shot).
+        question: chat text, if any.
+        budget: loop bounds.
+    """
+
+    image: str | bytes
+    category: str | None = None
+    references: list[str] | str | None = None
+    question: str | None = None
+    budget: Budget = Field(default_factory=Budget)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_to_str(cls, data):
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("image"), Path):
+                data["image"] = str(data["image"])
+            refs = data.get("references")
+            if isinstance(refs, Path):
+                data["references"] = str(refs)
+            elif isinstance(refs, list | tuple):
+                data["references"] = [str(r) for r in refs]
+        return data
+
+
+class Usage(BaseModel):
+    """What a query consumed."""
+
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: int = 0
+
+
+class Verdict(BaseModel):
+    """The answer for one image.
+
+    Attributes:
+        image: the input path as given (None for bytes).
+        category: the category the query named.
+        pred_label: "normal" | "anomalous"; None only when status is "error".
+        pred_score: fused anomaly score in [0, 1]; the label is `pred_score >= threshold`.
+        threshold: the decision threshold used.
+        score_source: how the model's part of the score was obtained: "logprobs" (token
+            probabilities), "label" (the model gave no probabilities; its label was used), or "tools"
+            (no model: tools and fusion only).
+        defect_type: short name of the defect ("scratch", "missing part") or None.
+        regions: anomalous regions, boxes in original-image pixels.
+        explanation: plain words citing the evidence by tool name and number. Never empty when ok.
+        evidence: every tool result that informed the verdict.
+        model_id / prompt_hash: which model and which prompt set produced it.
+        usage / timings: consumption and wall times in ms per stage.
+        budget_exhausted: the loop stopped on its budget and decided with what it had.
+        status / error: "ok", or "error" with the reason (a batch never drops an item silently).
+    """
+
+    image: str | None = None
+    category: str | None = None
+    pred_label: Label | None = None
+    pred_score: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: float = 0.5
+    score_source: Literal["logprobs", "label", "tools"] = "tools"
+    defect_type: str | None = None
+    regions: list[Region] = Field(default_factory=list)
+    explanation: str = ""
+    evidence: list[Evidence] = Field(default_factory=list)
+    model_id: str | None = None
+    prompt_hash: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: dict[str, float] = Field(default_factory=dict)
+    budget_exhausted: bool = False
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Verdict:
+        if self.status == "ok":
+            if self.pred_label is None or self.pred_score is None:
+                msg = "an ok verdict needs pred_label and pred_score"
+                raise ValueError(msg)
+            if not self.explanation.strip():
+                msg = "an ok verdict needs an explanation (a detection without one is a bug)"
+                raise ValueError(msg)
+        elif not self.error:
+            msg = "an error verdict needs its reason in `error`"
+            raise ValueError(msg)
+        return self
+
+    @classmethod
+    def failed(cls, image: str | None, error: str, category: str | None = None) -> Verdict:
+        """An error record for an item that could not be judged."""
+        return cls(image=image, category=category, status="error", error=error)

@@ -1,0 +1,60 @@
+"""Calibrate a tool's raw score on the normal references.
+
+The references' own scores (leave-one-out for k >= 2, augmented copies for k = 1) describe what
+"normal" looks like in the tool's units. A raw score maps to [0, 1] by
+
+    z = (raw - median(normal)) / spread,     score = sigmoid(z - Z_EDGE)
+
+where `spread` is the normals' standard deviation, floored at `MIN_REL_SPREAD` of the median's size
+(so two identical references do not make every query infinitely anomalous). With Z_EDGE = 3 a raw
+score three spreads above the normals' median maps to 0.5: "at the edge of what the references show".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z_EDGE = 3.0
+MIN_REL_SPREAD = 0.05
+MIN_ABS_SPREAD = 1e-6
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Maps raw scores (higher = more anomalous) to [0, 1] using normal reference scores.
+
+    Attributes:
+        center: median of the normal scores (raw units).
+        spread: their spread (raw units, floored).
+        n: how many normal scores it was fitted on.
+    """
+
+    center: float
+    spread: float
+    n: int
+
+    @classmethod
+    def fit(cls, normal_scores) -> Calibrator:
+        scores = np.asarray(list(normal_scores), dtype=np.float64)
+        if scores.size == 0:
+            msg = "cannot calibrate on zero normal scores"
+            raise ValueError(msg)
+        center = float(np.median(scores))
+        spread = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
+        spread = max(spread, MIN_REL_SPREAD * abs(center), MIN_ABS_SPREAD)
+        return cls(center=center, spread=spread, n=int(scores.size))
+
+    def z(self, raw: float) -> float:
+        """Raw score in spreads above the normals' median."""
+        return (float(raw) - self.center) / self.spread
+
+    def __call__(self, raw: float) -> float:
+        """Calibrated score in [0, 1]."""
+        x = self.z(raw) - Z_EDGE
+        if x >= 0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)

@@ -1,0 +1,265 @@
+"""Image intake: validate a file (or bytes) once and hand out ids.
+
+Conversion rule to RGB uint8 (documented in README, "Image intake"):
+- EXIF orientation is applied first.
+- ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV``: converted by Pillow to RGB (grey is replicated).
+- ``LA``/``RGBA``/``PA``/``P`` with transparency: alpha-composited onto white.
+- 16-bit (``I;16``, ``I;16B``, ``I;16L``, ``I``): the full 16-bit range maps linearly to 8 bits
+  (``v / 257``, rounded; ``I`` values are clipped to 0..65535 first). No per-image stretching, so
+  intensities stay comparable between images.
+- ``F`` (float) and anything else: `UnsupportedModeError`.
+
+Size limit: ``max_pixels`` (default `DEFAULT_MAX_PIXELS` = 40 MP, checked from the header before any
+decoding). Override with the ``max_image_pixels`` config field or ``ANOMALY_AGENT_MAX_IMAGE_PIXELS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageInputError(ValueError):
+    """Base class of every image-intake failure; the message names the file, the cause and the fix."""
+
+    cause = "cannot read the image"
+    fix = "check the file"
+
+    def __init__(self, source: str, detail: str = "") -> None:
+        self.source = source
+        self.detail = detail
+        cause = f"{self.cause} ({detail})" if detail else self.cause
+        super().__init__(f"{source}: {cause}. Fix: {self.fix}")
+
+
+class ImageNotFoundError(ImageInputError):
+    cause = "file not found"
+    fix = "check the path (relative paths resolve from the current directory)"
+
+
+class NotAnImageError(ImageInputError):
+    cause = "not an image"
+    fix = f"pass a {', '.join(SUPPORTED_FORMATS)} file"
+
+
+class CorruptImageError(ImageInputError):
+    cause = "truncated or corrupt image data"
+    fix = "re-export or re-copy the file; it cannot be decoded completely"
+
+
+class ImageTooLargeError(ImageInputError):
+    cause = "image too large"
+    fix = "downscale it, or raise the limit with --max-image-pixels / ANOMALY_AGENT_MAX_IMAGE_PIXELS"
+
+
+class UnsupportedModeError(ImageInputError):
+    cause = "unsupported pixel mode"
+    fix = "save it as 8-bit or 16-bit grey, RGB or RGBA"
+
+
+class UnknownImageIdError(KeyError):
+    """An image id that the store never handed out."""
+
+    def __init__(self, image_id: str, known: list[str]) -> None:
+        self.image_id = image_id
+        super().__init__(f"unknown image id {image_id!r}; known ids: {', '.join(known) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+def _to_rgb(img: Image.Image, source: str) -> np.ndarray:
+    """Convert a decoded Pillow image to an HxWx3 uint8 array by the module's documented rule."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr, 0, 65535) / 257.0
+        grey = np.rint(arr).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("LA", "RGBA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"))
+    raise UnsupportedModeError(source, f"mode {mode!r}")
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and validate one image.
+
+    Args:
+        source: a path, or the encoded bytes of an image.
+        max_pixels: width*height limit, checked from the header before decoding.
+
+    Returns:
+        HxWx3 uint8 RGB array, EXIF orientation applied.
+
+    Raises:
+        ImageInputError: one of its subclasses, naming the file, the cause and the fix.
+    """
+    if isinstance(source, bytes | bytearray):
+        name, stream = "<bytes>", io.BytesIO(source)
+    else:
+        path = Path(source)
+        name = str(source)
+        if not path.exists():
+            raise ImageNotFoundError(name)
+        if path.is_dir():
+            raise NotAnImageError(name, "it is a directory")
+        stream = path.open("rb")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(stream)
+            except UnidentifiedImageError as exc:
+                raise NotAnImageError(name, "unrecognised format") from exc
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageTooLargeError(name, str(exc)) from exc
+        if img.format not in SUPPORTED_FORMATS:
+            raise NotAnImageError(name, f"format {img.format} is not supported")
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(name, f"{width}x{height} = {width * height} pixels > {max_pixels}")
+        if width == 0 or height == 0:
+            raise CorruptImageError(name, f"empty image {width}x{height}")
+        previous_limit = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptImageError(name, str(exc)) from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous_limit
+        return np.ascontiguousarray(_to_rgb(img, name))
+    finally:
+        stream.close()
+
+
+@dataclass
+class StoredImage:
+    """One image in an `ImageStore`.
+
+    Attributes:
+        id: the store's id ("query", "ref0", "zoom1", ...).
+        pixels: HxWx3 uint8 RGB.
+        source: the path it came from, or a description of how it was derived.
+        parent: id of the image it was derived from (crop, alignment), or None.
+        offset_xy: where pixel (0, 0) of this image lies in the parent, in parent pixels.
+        scale: parent pixels per pixel of this image (a 2x upsampled crop has scale 0.5).
+    """
+
+    id: str
+    pixels: np.ndarray
+    source: str
+    parent: str | None = None
+    offset_xy: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the pixels (hex); used as a cache key for features."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.pixels.tobytes()).hexdigest()
+        return self._digest
+
+
+class ImageStore:
+    """Validated images, handed out by id. Tools take ids, never pixels in JSON."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
+        self._images: dict[str, StoredImage] = {}
+        self._counters: dict[str, int] = {}
+
+    def _new_id(self, prefix: str) -> str:
+        n = self._counters.get(prefix, 0)
+        while f"{prefix}{n}" in self._images:
+            n += 1
+        self._counters[prefix] = n + 1
+        return f"{prefix}{n}"
+
+    def add_file(self, source: str | Path | bytes, image_id: str | None = None, prefix: str = "img") -> str:
+        """Validate and store an image file; returns its id."""
+        pixels = load_image(source, self.max_pixels)
+        label = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+        return self.add_array(pixels, source=label, image_id=image_id, prefix=prefix)
+
+    def add_array(
+        self,
+        pixels: np.ndarray,
+        source: str,
+        image_id: str | None = None,
+        prefix: str = "img",
+        parent: str | None = None,
+        offset_xy: tuple[float, float] = (0.0, 0.0),
+        scale: float = 1.0,
+    ) -> str:
+        """Store an HxWx3 uint8 array (e.g. a crop derived from `parent`); returns its id."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            msg = f"expected HxWx3 uint8 pixels, got shape {pixels.shape} dtype {pixels.dtype}"
+            raise ValueError(msg)
+        if parent is not None:
+            self.get(parent)
+        image_id = image_id or self._new_id(prefix)
+        self._images[image_id] = StoredImage(
+            image_id, np.ascontiguousarray(pixels), source, parent, offset_xy, scale
+        )
+        return image_id
+
+    def get(self, image_id: str) -> StoredImage:
+        try:
+            return self._images[image_id]
+        except KeyError:
+            raise UnknownImageIdError(image_id, list(self._images)) from None
+
+    def ids(self) -> list[str]:
+        return list(self._images)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._images
+
+    def to_root(self, image_id: str, box_xyxy: tuple[float, float, float, float]) -> tuple[str, tuple[int, int, int, int]]:
+        """Map a box in `image_id`'s pixels back to its root image (following parents).
+
+        Returns:
+            (root id, box in root pixels, rounded outwards and clipped to the root image).
+        """
+        x0, y0, x1, y1 = box_xyxy
+        current = self.get(image_id)
+        while current.parent is not None:
+            ox, oy = current.offset_xy
+            s = current.scale
+            x0, y0, x1, y1 = ox + x0 * s, oy + y0 * s, ox + x1 * s, oy + y1 * s
+            current = self.get(current.parent)
+        w, h = current.width, current.height
+        box = (
+            int(np.clip(np.floor(x0), 0, w)),
+            int(np.clip(np.floor(y0), 0, h)),
+            int(np.clip(np.ceil(x1), 0, w)),
+            int(np.clip(np.ceil(y1), 0, h)),
+        )
+        return current.id, box

@@ -1,0 +1,62 @@
+"""Result types shared by the tools and the agent (the agent re-exports them from `agent.schemas`).
+
+They live in `tools/` because `tools` must not import `agent` (see DESIGN.md, dependency direction).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class Region(BaseModel):
+    """A region of the *original* query image.
+
+    Attributes:
+        bbox_xyxy: (x0, y0, x1, y1) in pixels of the original image; x1/y1 exclusive.
+        score: the region's anomaly score (tool-specific scale, higher = more anomalous), or None.
+        mask_path: optional path to a 0/255 PNG mask of the region at the original resolution.
+        label: short free text ("scratch", "missing part", "map peak").
+    """
+
+    bbox_xyxy: tuple[int, int, int, int]
+    score: float | None = None
+    mask_path: str | None = None
+    label: str = ""
+
+    @field_validator("bbox_xyxy")
+    @classmethod
+    def _ordered(cls, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = box
+        if x1 < x0 or y1 < y0:
+            msg = f"bbox_xyxy must satisfy x0<=x1 and y0<=y1, got {box}"
+            raise ValueError(msg)
+        return box
+
+
+class Evidence(BaseModel):
+    """One tool call's measured result, as the agent records it.
+
+    Attributes:
+        tool: tool name (`patch_knn`, ...).
+        args: the arguments the tool was called with (JSON-able).
+        score: calibrated anomaly score in [0, 1] (0.5 = at the edge of what the references show),
+            or None for tools that do not score (zoom, enhance).
+        raw_score: the tool's uncalibrated score (its own units), or None.
+        regions: top regions, in original-image pixels.
+        summary: one paragraph a person (and the model) can read; cites numbers.
+        map_path: optional path to the HxW anomaly map (PNG, 0..255) at the original resolution.
+        image_ids: ids of images the tool registered (crops, aligned references).
+        elapsed_ms: wall time of the call.
+        error: set when the call failed; then score is None.
+    """
+
+    tool: str
+    args: dict = Field(default_factory=dict)
+    score: float | None = None
+    raw_score: float | None = None
+    regions: list[Region] = Field(default_factory=list)
+    summary: str = ""
+    map_path: str | None = None
+    image_ids: list[str] = Field(default_factory=list)
+    elapsed_ms: float = 0.0
+    error: str | None = None
