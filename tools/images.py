@@ -263,3 +263,39 @@ class ImageStore:
             int(np.clip(np.ceil(y1), 0, h)),
         )
         return current.id, box
+
+
+def encode_image(pixels: np.ndarray, max_side: int | None = None, fmt: str = "PNG", quality: int = 90) -> bytes:
+    """Encode HxWx3 uint8 RGB pixels as PNG or JPEG bytes, downscaled so the longer side <= max_side.
+
+    Downscaling keeps the aspect ratio (Lanczos). `fmt` is "PNG" or "JPEG" (`quality` applies to JPEG).
+    """
+    img = Image.fromarray(pixels)
+    if max_side is not None and max(img.size) > max_side:
+        factor = max_side / max(img.size)
+        size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    fmt = fmt.upper()
+    if fmt == "JPEG":
+        img.save(buf, format="JPEG", quality=quality)
+    elif fmt == "PNG":
+        img.save(buf, format="PNG")
+    else:
+        msg = f"unsupported encoding {fmt!r}; use PNG or JPEG"
+        raise ValueError(msg)
+    return buf.getvalue()
+
+
+def image_data_url(pixels: np.ndarray, max_side: int | None = None, fmt: str = "PNG") -> str:
+    """A ``data:image/...;base64,...`` URL of the (downscaled) image, for chat `image_url` blocks."""
+    import base64
+
+    fmt = fmt.upper()
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(encode_image(pixels, max_side, fmt)).decode('ascii')}"
+
+
+def image_content_block(pixels: np.ndarray, max_side: int | None = None, fmt: str = "PNG") -> dict:
+    """A LangChain/OpenAI chat content block: ``{"type": "image_url", "image_url": {"url": data_url}}``."""
+    return {"type": "image_url", "image_url": {"url": image_data_url(pixels, max_side, fmt)}}
