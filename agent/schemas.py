@@ -89,6 +89,8 @@ class Verdict(BaseModel):
         usage / timings: consumption and wall times in ms per stage.
         budget_exhausted: the loop stopped on its budget and decided with what it had.
         status / error: "ok", or "error" with the reason (a batch never drops an item silently).
+        error_kind: "input" (bad image/config, exit 2), "model" (model/server failure, exit 3) or
+            "internal" (a bug).
     """
 
     image: str | None = None
@@ -108,6 +110,7 @@ class Verdict(BaseModel):
     budget_exhausted: bool = False
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
+    error_kind: Literal["input", "model", "internal"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Verdict:
@@ -124,6 +127,7 @@ class Verdict(BaseModel):
         return self
 
     @classmethod
-    def failed(cls, image: str | None, error: str, category: str | None = None) -> Verdict:
+    def failed(cls, image: str | None, error: str, category: str | None = None,
+               kind: Literal["input", "model", "internal"] = "input") -> Verdict:
         """An error record for an item that could not be judged."""
-        return cls(image=image, category=category, status="error", error=error)
+        return cls(image=image, category=category, status="error", error=error, error_kind=kind)

@@ -1,0 +1,1 @@
+"""Graph nodes: small functions over `State`; `agent/graph.py` wires them."""

@@ -1,0 +1,81 @@
+"""fuse: one calibrated score from the model's answer and the tools' scores, and the final `Verdict`."""
+
+from __future__ import annotations
+
+import time
+
+from agent.explain import cite_fusion, templated_explanation
+from agent.fusion import fuse as fuse_scores
+from agent.runtime import AgentRuntime
+from agent.schemas import Region, Usage, Verdict
+from agent.state import State
+from tools.types import Evidence
+
+MAX_REGIONS = 3
+
+
+def _model_regions(answer: dict, width: int, height: int) -> list[Region]:
+    regions = []
+    for box in answer.get("regions") or []:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
+        y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
+        if x1 > x0 and y1 > y0:
+            regions.append(Region(bbox_xyxy=(int(x0), int(y0), int(round(x1)), int(round(y1))), label=answer.get("defect_type") or "model"))
+    return regions
+
+
+def _tool_regions(evidence: list[Evidence]) -> list[Region]:
+    scored = [e for e in evidence if e.score is not None and e.regions and not e.error]
+    if not scored:
+        return []
+    best = max(scored, key=lambda e: e.score)
+    return best.regions[:MAX_REGIONS]
+
+
+def fuse(state: State, *, rt: AgentRuntime) -> dict:
+    start = time.perf_counter()
+    cfg = rt.config
+    res = rt.resources(state["run_id"])
+    query = res.images.get(state["query_id"])
+    evidence = [Evidence.model_validate(e) for e in state.get("evidence", [])]
+    answer = state.get("model_answer")
+    label = answer["label"] if answer else None
+    probability = answer.get("probability") if answer else None
+    result = fuse_scores(evidence, label, probability, cfg.threshold)
+    if answer:
+        explanation = cite_fusion(answer["explanation"], result, cfg.threshold)
+        source = "logprobs" if probability is not None else "label"
+    else:
+        explanation = templated_explanation(result, evidence, cfg.threshold)
+        source = "tools"
+    if state.get("budget_exhausted"):
+        explanation += f" (The agent stopped on its budget: {state['budget_exhausted']}; it decided with the evidence it had.)"
+    regions: list[Region] = []
+    if result.label == "anomalous":
+        regions = (_model_regions(answer, query.width, query.height) if answer else []) or _tool_regions(evidence)
+    timings = dict(state.get("timings", {}))
+    timings["fuse_ms"] = (time.perf_counter() - start) * 1000.0
+    verdict = Verdict(
+        image=state["image"] if isinstance(state.get("image"), str) else None,
+        category=state.get("category"),
+        pred_label=result.label,
+        pred_score=result.score,
+        threshold=cfg.threshold,
+        score_source=source,
+        defect_type=(answer or {}).get("defect_type") if result.label == "anomalous" else None,
+        regions=regions,
+        explanation=explanation,
+        evidence=evidence,
+        model_id=rt.backend.model_id,
+        prompt_hash=rt.prompts.hash,
+        usage=Usage(
+            model_calls=state.get("model_calls", 0),
+            prompt_tokens=state.get("prompt_tokens", 0),
+            completion_tokens=state.get("completion_tokens", 0),
+            tool_calls=state.get("tool_calls", 0),
+        ),
+        timings=timings,
+        budget_exhausted=bool(state.get("budget_exhausted")),
+    )
+    return {"verdict": verdict.model_dump(mode="json"), "timings": {"fuse_ms": timings["fuse_ms"]}}

@@ -1,0 +1,40 @@
+"""intake: validate the query and reference images into the run's `ImageStore`."""
+
+from __future__ import annotations
+
+import time
+
+from agent.runtime import AgentRuntime
+from agent.state import State
+from tools.references import resolve_references
+
+
+def intake(state: State, *, rt: AgentRuntime) -> dict:
+    """Load the query as "query" and the references as "ref0".. (ids handed to tools and model).
+
+    `references` may be a list of paths, a folder, a glob, "memory" (filled by retrieve_memory) or None.
+    Raises the `ImageInputError` family / `UserInputError` for bad input.
+    """
+    start = time.perf_counter()
+    run_id = state["run_id"]
+    res = rt.new_run(run_id)
+    res.ctx.category = state.get("category")
+    query_id = res.images.add_file(state["image"], image_id="query")
+    res.ctx.query_id = query_id
+    refs = state.get("references")
+    paths: list[str] = []
+    if refs and refs != "memory":
+        paths = [str(p) for p in resolve_references(refs)]
+        for path in paths:
+            res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
+    return {
+        "query_id": query_id,
+        "reference_ids": list(res.ctx.reference_ids),
+        "reference_paths": paths,
+        "model_calls": 0,
+        "tool_calls": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "reflections": 0,
+        "timings": {"intake_ms": (time.perf_counter() - start) * 1000.0},
+    }

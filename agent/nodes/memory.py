@@ -1,0 +1,57 @@
+"""retrieve_memory: nearest examples of the category and its class notes from the example store."""
+
+from __future__ import annotations
+
+import time
+
+from agent.errors import UserInputError
+from agent.runtime import AgentRuntime
+from agent.state import State
+
+MAX_EXAMPLES = 8
+
+
+def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
+    """Retrieve examples (normals and labelled anomalies) and notes; with references="memory", the
+    retrieved normals become the run's references."""
+    start = time.perf_counter()
+    category = state.get("category")
+    wants_refs = state.get("references") == "memory"
+    store = rt.memory()
+    if store is None or not category:
+        if wants_refs:
+            where = rt.config.memory_host or rt.config.memory_path
+            msg = (
+                f"references='memory' but there is no memory store at {where} or no --category. "
+                "Fix: run `anomaly-agent memory import ROOT` (or `memory add`) and pass --category"
+            )
+            raise UserInputError(msg)
+        return {"memory_examples": [], "notes": "", "timings": {"memory_ms": 0.0}}
+    res = rt.resources(state["run_id"])
+    embedder = rt.embedder()
+    query_vec = embedder.embed(res.images.get(state["query_id"]).pixels)
+    hits = store.nearest(category, query_vec, k=MAX_EXAMPLES, embedding_model=embedder.model_id) \
+        if _accepts_model(store) else store.nearest(category, query_vec, k=MAX_EXAMPLES)
+    examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
+    update: dict = {"memory_examples": examples}
+    if wants_refs:
+        normals = [e for e in examples if e["example"]["label"] == "normal"]
+        if not normals:
+            msg = f"memory has no normal examples of {category!r}. Fix: `anomaly-agent memory import ROOT --category {category}`"
+            raise UserInputError(msg)
+        paths = [e["example"]["image_path"] for e in normals]
+        for path in paths:
+            res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
+        update["reference_ids"] = list(res.ctx.reference_ids)
+        update["reference_paths"] = paths
+    from memory.examples import render_notes
+
+    update["notes"] = render_notes(store.list_notes(category))
+    update["timings"] = {"memory_ms": (time.perf_counter() - start) * 1000.0}
+    return update
+
+
+def _accepts_model(store) -> bool:
+    import inspect
+
+    return "embedding_model" in inspect.signature(store.nearest).parameters

@@ -1,0 +1,83 @@
+"""model: one turn of the MLLM with the tools bound; `route_after_model` picks the next node."""
+
+from __future__ import annotations
+
+import time
+
+from langchain_core.messages import AIMessage, HumanMessage
+
+from agent.conversation import initial_messages
+from agent.runtime import AgentRuntime
+from agent.state import State
+from agent.tooling import schema_tool
+
+
+def budget_problem(state: State, rt: AgentRuntime, *, reserve_model_calls: int = 1) -> str | None:
+    """Why the loop must stop now (model calls, wall time), or None. One model call is kept for decide."""
+    cfg = rt.config
+    if state.get("model_calls", 0) + reserve_model_calls >= cfg.max_model_calls:
+        return f"{cfg.max_model_calls} model calls"
+    res = rt.resources(state["run_id"])
+    if time.monotonic() - res.started > cfg.max_wall_s:
+        return f"{cfg.max_wall_s:g} s wall time"
+    return None
+
+
+def usage_update(state: State, message: AIMessage) -> dict:
+    usage = message.usage_metadata or {}
+    return {
+        "model_calls": state.get("model_calls", 0) + 1,
+        "prompt_tokens": state.get("prompt_tokens", 0) + int(usage.get("input_tokens", 0) or 0),
+        "completion_tokens": state.get("completion_tokens", 0) + int(usage.get("output_tokens", 0) or 0),
+    }
+
+
+def _prepare(state: State, rt: AgentRuntime):
+    """(new messages to add, the full message list to send, the bound model) or a stop update."""
+    res = rt.resources(state["run_id"])
+    new = [] if state.get("messages") else initial_messages(state, rt, res)
+    problem = budget_problem(state, rt)
+    if problem:
+        return None, {"messages": new, "budget_exhausted": problem}
+    messages = list(state.get("messages", [])) + new
+    tools = [schema_tool(name) for name in rt.available_tools(len(res.ctx.reference_ids))]
+    model = rt.backend.model.bind_tools(tools) if tools else rt.backend.model
+    return (new, messages, model), None
+
+
+def _finish(state: State, new: list, reply: AIMessage, start: float) -> dict:
+    update = {"messages": [*new, reply], **usage_update(state, reply)}
+    update["timings"] = {"model_ms": state.get("timings", {}).get("model_ms", 0.0) + (time.perf_counter() - start) * 1000.0}
+    return update
+
+
+def model_turn(state: State, *, rt: AgentRuntime) -> dict:
+    start = time.perf_counter()
+    prepared, stop = _prepare(state, rt)
+    if stop is not None:
+        return stop
+    new, messages, model = prepared
+    return _finish(state, new, model.invoke(messages), start)
+
+
+async def amodel_turn(state: State, *, rt: AgentRuntime) -> dict:
+    start = time.perf_counter()
+    prepared, stop = _prepare(state, rt)
+    if stop is not None:
+        return stop
+    new, messages, model = prepared
+    return _finish(state, new, await model.ainvoke(messages), start)
+
+
+def route_after_model(state: State) -> str:
+    """tools when the last model turn asked for tools (valid or not) and the budget allows; else decide."""
+    if state.get("budget_exhausted"):
+        return "decide"
+    last = state["messages"][-1] if state.get("messages") else None
+    if isinstance(last, AIMessage) and (last.tool_calls or last.invalid_tool_calls):
+        return "tools"
+    return "decide"
+
+
+def budget_message(rt: AgentRuntime, reason: str) -> HumanMessage:
+    return HumanMessage(rt.prompts.render("budget", reason=reason))

@@ -1,0 +1,25 @@
+"""survey: run the cheap quantitative tools once, before the model speaks."""
+
+from __future__ import annotations
+
+import time
+
+from agent.runtime import AgentRuntime, require_references_or_model
+from agent.state import State
+
+
+def survey(state: State, *, rt: AgentRuntime) -> dict:
+    """patch_knn with references, CLIP zero-shot otherwise. Their evidence is the model's first reading."""
+    start = time.perf_counter()
+    res = rt.resources(state["run_id"])
+    n_refs = len(res.ctx.reference_ids)
+    require_references_or_model(rt, n_refs)
+    evidence = []
+    for name in rt.survey_tools(n_refs):
+        ev = rt.run_tool(name, {"image_id": state["query_id"]}, res)
+        evidence.append(ev.model_dump(mode="json"))
+    return {
+        "evidence": evidence,
+        "tool_calls": state.get("tool_calls", 0) + len(evidence),
+        "timings": {"survey_ms": (time.perf_counter() - start) * 1000.0},
+    }

@@ -1,0 +1,169 @@
+"""What the graph's nodes share: the agent-wide runtime and each run's resources.
+
+`AgentRuntime` is built once per `AnomalyAgent`: config, backend (chat model), tool instances, the
+memory store (lazily), the prompt set, and a feature cache shared by all runs (keys are content
+digests, so references are embedded once per process, not once per query).
+`RunResources` holds one query's `ImageStore` and `ToolContext`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.backends.factory import Backend
+from agent.config import AgentConfig
+from agent.errors import UserInputError
+from prompts import PromptSet, load_prompts
+from tools.base import Tool, ToolContext, ToolError
+from tools.images import ImageStore
+from tools.registry import create_tool, tool_names
+from tools.types import Evidence
+
+REFERENCE_TOOLS = ("patch_knn", "reference_diff", "parts_check")
+
+
+@dataclass
+class RunResources:
+    """One query's images and tool context.
+
+    Attributes:
+        images: the run's `ImageStore` ("query", "ref0", ... and derived crops).
+        ctx: the `ToolContext` the tools see.
+        started: `time.monotonic()` at intake; the wall-time budget counts from here.
+    """
+
+    images: ImageStore
+    ctx: ToolContext
+    started: float = field(default_factory=time.monotonic)
+
+
+class AgentRuntime:
+    """Agent-wide resources shared by all runs of one `AnomalyAgent`."""
+
+    def __init__(self, config: AgentConfig, backend: Backend, prompts: PromptSet | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.prompts = prompts or load_prompts("agent")
+        self.feature_cache: dict[Any, Any] = {}
+        self.runs: dict[str, RunResources] = {}
+        self._tools: dict[str, Tool] = {}
+        self._tool_lock = threading.Lock()
+        self._memory = None
+        self._memory_lock = threading.Lock()
+        self._memory_checked = False
+        self._embedder = None
+        self._clip_ok: bool | None = None
+        if config.threads:
+            import torch
+
+            torch.set_num_threads(config.threads)
+
+    # tools -----------------------------------------------------------------------------------
+    def tool(self, name: str) -> Tool:
+        """The shared instance of a tool, set up once (thread-safe)."""
+        with self._tool_lock:
+            if name not in self._tools:
+                self._tools[name] = create_tool(name)
+            return self._tools[name]
+
+    def clip_available(self) -> bool:
+        """Do the configured CLIP weights resolve locally (checked once)?"""
+        if self._clip_ok is None:
+            try:
+                from tools.clip_models import clip_weights_status
+
+                self._clip_ok = bool(clip_weights_status(self.config.tool_settings())[0])
+            except ImportError:
+                self._clip_ok = False
+        return self._clip_ok
+
+    def available_tools(self, n_references: int) -> list[str]:
+        """Tools the model may call in a run with `n_references` normal references."""
+        names = []
+        for name in tool_names():
+            if name in REFERENCE_TOOLS and n_references == 0:
+                continue
+            if name == "clip_similarity" and not self.clip_available():
+                continue
+            names.append(name)
+        return names
+
+    def survey_tools(self, n_references: int) -> list[str]:
+        """The cheap tools run before the model speaks: patch kNN with references, CLIP without."""
+        if n_references > 0:
+            return ["patch_knn"]
+        return ["clip_similarity"] if self.clip_available() else []
+
+    def run_tool(self, name: str, args: dict, res: RunResources) -> Evidence:
+        """Run one tool in a run's context and record it as `Evidence`. Raises `ToolError`."""
+        tool = self.tool(name)
+        with self._tool_lock:  # setup() loads weights once; serialise it
+            tool.setup(res.ctx)
+        output, elapsed_ms = tool.timed_run(args, res.ctx)
+        return Evidence(
+            tool=name,
+            args=args,
+            score=output.score,
+            raw_score=output.raw_score,
+            regions=output.regions,
+            summary=output.summary,
+            map_path=output.map_path,
+            image_ids=output.image_ids,
+            elapsed_ms=elapsed_ms,
+        )
+
+    def new_run(self, run_id: str) -> RunResources:
+        images = ImageStore(max_pixels=self.config.max_image_pixels)
+        ctx = ToolContext(images, settings=self.config.tool_settings())
+        ctx.cache = self.feature_cache
+        res = RunResources(images=images, ctx=ctx)
+        self.runs[run_id] = res
+        return res
+
+    def resources(self, run_id: str) -> RunResources:
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            msg = f"run {run_id!r} has no resources (intake did not run in this process)"
+            raise RuntimeError(msg) from None
+
+    def end_run(self, run_id: str) -> None:
+        self.runs.pop(run_id, None)
+
+    # memory ----------------------------------------------------------------------------------
+    def memory(self):
+        """The example store, or None when no store exists at the configured location."""
+        with self._memory_lock:
+            if not self._memory_checked:
+                self._memory_checked = True
+                cfg = self.config
+                if cfg.memory_host or cfg.memory_path.exists():
+                    from memory.store import open_store
+
+                    self._memory = open_store(cfg)
+            return self._memory
+
+    def embedder(self):
+        with self._memory_lock:
+            if self._embedder is None:
+                from memory.embed import default_embedder
+
+                self._embedder = default_embedder(self.config.tool_settings())
+            return self._embedder
+
+
+def require_references_or_model(runtime: AgentRuntime, n_references: int) -> None:
+    """Zero-shot with neither CLIP weights nor a model cannot judge anything: say what to do."""
+    if n_references == 0 and runtime.backend.model is None and not runtime.clip_available():
+        msg = (
+            "nothing can judge this image: no references, no CLIP weights and no model. Fix: pass "
+            "--refs DIR with normal images, add normals to memory, set ANOMALY_AGENT_CLIP_PRETRAINED to "
+            "a local CLIP checkpoint, or configure a model (--base-url / --backend)"
+        )
+        raise UserInputError(msg)
+
+
+__all__ = ["AgentRuntime", "RunResources", "ToolError", "require_references_or_model"]
