@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.errors import ModelServerError, UserInputError
 from agent.schemas import Verdict
@@ -35,6 +37,15 @@ def error_verdict(image: str | None, category: str | None, exc: BaseException) -
         return Verdict.failed(image, str(exc), category, kind="model")
     log.error("internal error while judging %s", image, exc_info=exc)
     return Verdict.failed(image, f"internal error: {type(exc).__name__}: {exc}", category, kind="internal")
+
+
+class ChatReply(BaseModel):
+    """One chat turn's result: the answer, the session's verdict, and the session id to resume with."""
+
+    session: str
+    answer: str
+    verdict: Verdict | None = None
+    turn: int = 1
 
 
 class AnomalyAgent:
@@ -126,3 +137,55 @@ class AnomalyAgent:
         except Exception as exc:  # noqa: BLE001
             error = exc
         return self._finish(state, run_id, image, category, started, trace_dir, error)
+
+    # chat ----------------------------------------------------------------------------------------
+    def _chat_graph(self):
+        if getattr(self, "_chat", None) is None:
+            import sqlite3
+
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            from agent.graph import build_chat_graph
+
+            path = Path(self.config.sessions_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._chat_conn = sqlite3.connect(str(path), check_same_thread=False)
+            self._chat = build_chat_graph(self.runtime, SqliteSaver(self._chat_conn))
+        return self._chat
+
+    def session_state(self, session: str) -> dict:
+        """The saved state of a chat session ({} when it does not exist)."""
+        snapshot = self._chat_graph().get_state({"configurable": {"thread_id": session}})
+        return dict(snapshot.values or {})
+
+    def chat(self, message: str, image: str | Path | None = None, session: str | None = None,
+             category: str | None = None, references: list[str | Path] | str | Path | None = None) -> ChatReply:
+        """One chat turn about one image.
+
+        A new session (no `session`, or an unknown id) needs `image`: it is judged first, then the
+        message is answered. A known session resumes from its saved history (SqliteSaver at
+        `config.sessions_path`), reusing the evidence already gathered.
+
+        Raises:
+            UserInputError: a new session without an image, or an image that does not match the session.
+        """
+        graph = self._chat_graph()
+        session = session or uuid.uuid4().hex[:12]
+        saved = self.session_state(session)
+        config = {"recursion_limit": self._recursion_limit, "configurable": {"thread_id": session}}
+        if saved.get("verdict"):
+            if image is not None and str(image) != saved.get("image"):
+                msg = (f"session {session} is about {saved.get('image')}, not {image}. "
+                       "Fix: omit the image to continue the session, or start a new one without --session")
+                raise UserInputError(msg)
+            state_in = {"run_id": session, "question": message}
+        else:
+            if image is None:
+                msg = f"session {session} does not exist yet, so it needs an image. Fix: pass the image"
+                raise UserInputError(msg)
+            state_in, _ = self._input(image, category, references, message)
+            state_in["run_id"] = session
+        state = graph.invoke(state_in, config)
+        verdict = Verdict.model_validate(state["verdict"]) if state.get("verdict") else None
+        turns = sum(1 for m in state.get("messages", []) if getattr(m, "type", "") == "human" and "Question:" in str(m.content))
+        return ChatReply(session=session, answer=state.get("answer") or "", verdict=verdict, turn=max(turns, 1))

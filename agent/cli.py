@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="anomaly-agent", standalone_mode=False)
+        result = app(args=argv, prog_name="anomaly-agent", standalone_mode=False)
     except SystemExit as exc:
         return int(exc.code or 0)
     except Exception as exc:  # noqa: BLE001 - mapped to exit codes below
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return code
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def run() -> None:

@@ -105,6 +105,9 @@ class AgentConfig(BaseSettings):
     memory_port: int = 8000
     memory_token: SecretStr | None = None
 
+    # chat sessions (LangGraph SqliteSaver)
+    sessions_path: Path = Field(default_factory=lambda: default_home() / "sessions.sqlite")
+
     # runtime
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)

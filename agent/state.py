@@ -47,3 +47,8 @@ class State(InputState, total=False):
     budget_exhausted: str | None  # the reason, when the loop stopped on its budget
     verdict: dict[str, Any] | None
     timings: Annotated[dict[str, float], merge_dicts]
+    # chat sessions: "detect" until the verdict exists, then "chat"; budgets count from the turn's start
+    phase: str
+    turn_model_calls: int
+    turn_tool_calls: int
+    answer: str | None

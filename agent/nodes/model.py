@@ -12,13 +12,18 @@ from agent.state import State
 from agent.tooling import schema_tool
 
 
-def budget_problem(state: State, rt: AgentRuntime, *, reserve_model_calls: int = 1) -> str | None:
-    """Why the loop must stop now (model calls, wall time), or None. One model call is kept for decide."""
+def budget_problem(state: State, rt: AgentRuntime) -> str | None:
+    """Why the loop must stop now (model calls, wall time), or None.
+
+    While detecting, one model call is kept for decide; in a chat turn the budget counts from the turn's start.
+    """
     cfg = rt.config
-    if state.get("model_calls", 0) + reserve_model_calls >= cfg.max_model_calls:
+    chatting = state.get("phase") == "chat"
+    used = state.get("model_calls", 0) - (state.get("turn_model_calls", 0) if chatting else 0)
+    if used + (0 if chatting else 1) >= cfg.max_model_calls:
         return f"{cfg.max_model_calls} model calls"
     res = rt.resources(state["run_id"])
-    if time.monotonic() - res.started > cfg.max_wall_s:
+    if not chatting and time.monotonic() - res.started > cfg.max_wall_s:
         return f"{cfg.max_wall_s:g} s wall time"
     return None
 
@@ -70,13 +75,15 @@ async def amodel_turn(state: State, *, rt: AgentRuntime) -> dict:
 
 
 def route_after_model(state: State) -> str:
-    """tools when the last model turn asked for tools (valid or not) and the budget allows; else decide."""
+    """tools when the last model turn asked for tools (valid or not) and the budget allows; else decide
+    (while detecting) or answer (in a chat turn)."""
+    done = "answer" if state.get("phase") == "chat" else "decide"
     if state.get("budget_exhausted"):
-        return "decide"
+        return done
     last = state["messages"][-1] if state.get("messages") else None
     if isinstance(last, AIMessage) and (last.tool_calls or last.invalid_tool_calls):
         return "tools"
-    return "decide"
+    return done
 
 
 def budget_message(rt: AgentRuntime, reason: str) -> HumanMessage:

@@ -28,7 +28,8 @@ def run_tools(state: State, config: RunnableConfig, *, rt: AgentRuntime) -> dict
     start = time.perf_counter()
     res = rt.resources(state["run_id"])
     last: AIMessage = state["messages"][-1]
-    remaining = max(0, rt.config.max_tool_calls - state.get("tool_calls", 0))
+    used = state.get("tool_calls", 0) - (state.get("turn_tool_calls", 0) if state.get("phase") == "chat" else 0)
+    remaining = max(0, rt.config.max_tool_calls - used)
     allowed, refused = last.tool_calls[:remaining], last.tool_calls[remaining:]
     messages: list = []
     if allowed:
