@@ -4,8 +4,10 @@ The formula (a weighted mean in log-odds, i.e. a logistic combination with fixed
 
     pred_score = sigmoid( sum_i w_i * logit(clip(s_i)) / sum_i w_i )
 
-- ``s_i`` are calibrated scores in [0, 1] (0.5 = at the edge of what the normal references show),
-  clipped to [0.01, 0.99] so one saturated source cannot veto the others.
+- ``s_i`` are calibrated scores in [0, 1] (0.5 = at the edge of what the normal references show).
+  Their log-odds are soft-bounded, ``logit -> L * tanh(logit / L)`` with ``L = logit(0.99)``, so one
+  saturated source cannot veto the others, while the map stays strictly increasing: no two different
+  scores tie, and rankings (AUROC) are kept.
 - Weights (fixed, not fitted on any test data):
   - the model with token log-probabilities: 1.0 (it sees the whole image and reasons about logic);
   - the model's label only (no probabilities): 0.5, with the label mapped to 0.85 / 0.15 ("uncertain" = 0.5),
@@ -34,12 +36,14 @@ DEFAULT_TOOL_WEIGHT = 0.5
 MODEL_WEIGHT_LOGPROBS = 1.0
 MODEL_WEIGHT_LABEL = 0.5
 LABEL_PROBABILITY = {"anomalous": 0.85, "normal": 0.15, "uncertain": 0.5}
-CLIP_EPS = 0.01
+LOGIT_BOUND = math.log(0.99 / 0.01)  # L: a single source counts at most as much as p = 0.99
+_P_EPS = 1e-12
 
 
 def _logit(p: float) -> float:
-    p = min(max(p, CLIP_EPS), 1.0 - CLIP_EPS)
-    return math.log(p / (1.0 - p))
+    """Soft-bounded log-odds of p: L * tanh(logit(p) / L), strictly increasing in p."""
+    p = min(max(p, _P_EPS), 1.0 - _P_EPS)
+    return LOGIT_BOUND * math.tanh(math.log(p / (1.0 - p)) / LOGIT_BOUND)
 
 
 def _sigmoid(x: float) -> float:

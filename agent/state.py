@@ -44,6 +44,7 @@ class State(InputState, total=False):
     completion_tokens: int
     reflections: int
     model_answer: dict[str, Any] | None  # label, defect_type, regions, explanation, probability, repaired
+    model_error: str | None  # the model's verdict failed validation after the repair turn
     budget_exhausted: str | None  # the reason, when the loop stopped on its budget
     verdict: dict[str, Any] | None
     timings: Annotated[dict[str, float], merge_dicts]

@@ -35,7 +35,7 @@ class PromptSet:
     hash: str
     _env: jinja2.Environment = field(
         default_factory=lambda: jinja2.Environment(
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False
         ),
         repr=False,
         compare=False,

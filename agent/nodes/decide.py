@@ -55,14 +55,29 @@ def _answer(state: State, new: list, prompt: HumanMessage, result, start: float)
     return update
 
 
+def _invalid_answer(state: State, new: list, prompt: HumanMessage, exc: Exception, start: float) -> dict:
+    """The model's verdict failed validation even after the repair turn: decide from the tools and say so."""
+    return {
+        "messages": [*new, prompt],
+        "model_answer": None,
+        "model_error": str(exc),
+        "model_calls": state.get("model_calls", 0) + 2,
+        "timings": {"decide_ms": (time.perf_counter() - start) * 1000.0},
+    }
+
+
 def decide(state: State, *, rt: AgentRuntime) -> dict:
     if rt.backend.model is None:
         return {}
+    from agent.backends.errors import ModelOutputError
     from agent.backends.structured import invoke_structured
 
     start = time.perf_counter()
     new, messages, prompt = _prepare(state, rt)
-    result = invoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
+    try:
+        result = invoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
+    except ModelOutputError as exc:
+        return _invalid_answer(state, new, prompt, exc, start)
     return _answer(state, new, prompt, result, start)
 
 
@@ -70,13 +85,17 @@ async def adecide(state: State, *, rt: AgentRuntime) -> dict:
     if rt.backend.model is None:
         return {}
     from agent.backends import structured
+    from agent.backends.errors import ModelOutputError
 
     start = time.perf_counter()
     new, messages, prompt = _prepare(state, rt)
-    if hasattr(structured, "ainvoke_structured"):
-        result = await structured.ainvoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
-    else:
-        result = await asyncio.to_thread(structured.invoke_structured, rt.backend.model, messages, ModelVerdict, max_repairs=1)
+    try:
+        if hasattr(structured, "ainvoke_structured"):
+            result = await structured.ainvoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
+        else:
+            result = await asyncio.to_thread(structured.invoke_structured, rt.backend.model, messages, ModelVerdict, max_repairs=1)
+    except ModelOutputError as exc:
+        return _invalid_answer(state, new, prompt, exc, start)
     return _answer(state, new, prompt, result, start)
 
 

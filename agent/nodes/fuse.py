@@ -42,13 +42,22 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     answer = state.get("model_answer")
     label = answer["label"] if answer else None
     probability = answer.get("probability") if answer else None
-    result = fuse_scores(evidence, label, probability, cfg.threshold)
+    try:
+        result = fuse_scores(evidence, label, probability, cfg.threshold)
+    except ValueError:
+        if state.get("model_error"):
+            from agent.backends.errors import ModelOutputError
+
+            raise ModelOutputError(state["model_error"]) from None
+        raise
     if answer:
         explanation = cite_fusion(answer["explanation"], result, cfg.threshold)
         source = "logprobs" if probability is not None else "label"
     else:
         explanation = templated_explanation(result, evidence, cfg.threshold)
         source = "tools"
+    if state.get("model_error"):
+        explanation += f" (The model's verdict was invalid even after one repair, so the tools decided alone: {state['model_error']})"
     if state.get("budget_exhausted"):
         explanation += f" (The agent stopped on its budget: {state['budget_exhausted']}; it decided with the evidence it had.)"
     regions: list[Region] = []

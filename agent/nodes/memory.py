@@ -30,8 +30,10 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
     res = rt.resources(state["run_id"])
     embedder = rt.embedder()
     query_vec = embedder.embed(res.images.get(state["query_id"]).pixels)
-    hits = store.nearest(category, query_vec, k=MAX_EXAMPLES, embedding_model=embedder.model_id) \
-        if _accepts_model(store) else store.nearest(category, query_vec, k=MAX_EXAMPLES)
+    if embedder.model_id not in store.embedding_models(category):
+        hits = []  # no examples of this category embedded by this model
+    else:
+        hits = store.nearest(category, query_vec, k=MAX_EXAMPLES, embedding_model=embedder.model_id)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
     if wants_refs:
@@ -49,9 +51,3 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
     update["notes"] = render_notes(store.list_notes(category))
     update["timings"] = {"memory_ms": (time.perf_counter() - start) * 1000.0}
     return update
-
-
-def _accepts_model(store) -> bool:
-    import inspect
-
-    return "embedding_model" in inspect.signature(store.nearest).parameters
