@@ -78,6 +78,10 @@ class AgentConfig(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(2, ge=0)
     image_max_side: int = Field(1024, ge=64, description="images sent to the model are downscaled to this side")
+    image_format: Literal["JPEG", "PNG"] = Field(
+        "JPEG", description="encoding of images sent to the model (JPEG q90: ~20x faster and ~10x smaller "
+        "than PNG; tools always measure on the original pixels)")
+    max_new_tokens: int = Field(512, ge=1, description="in-process model: tokens generated per call")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     # tools and weights

@@ -7,7 +7,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from agent.explain import evidence_line
 from agent.runtime import AgentRuntime, RunResources
 from agent.state import State
-from tools.images import image_content_block
+from agent.backends.messages import stored_image_block
 from tools.types import Evidence
 
 
@@ -34,11 +34,11 @@ def initial_messages(state: State, rt: AgentRuntime, res: RunResources) -> list[
         evidence=evidence_lines(state),
         question=state.get("question") or "",
     )
-    content: list = [{"type": "text", "text": plan}, image_content_block(query.pixels, cfg.image_max_side)]
+    content: list = [{"type": "text", "text": plan}, stored_image_block(query, cfg.image_max_side, cfg.image_format)]
     budget = cfg.max_images_per_call - 1
     for ref_id in res.ctx.reference_ids[:budget]:
         content.append({"type": "text", "text": f"Normal reference {ref_id}:"})
-        content.append(image_content_block(res.images.get(ref_id).pixels, cfg.image_max_side))
+        content.append(stored_image_block(res.images.get(ref_id), cfg.image_max_side, cfg.image_format))
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(content)]
     examples = state.get("memory_examples") or []
     if examples and not res.ctx.reference_ids:
@@ -56,5 +56,5 @@ def image_turn(rt: AgentRuntime, res: RunResources, tool: str, image_ids: list[s
     ids = image_ids[: rt.config.max_images_per_call]
     content: list = [{"type": "text", "text": rt.prompts.render("tool_images", tool=tool, ids=ids)}]
     for image_id in ids:
-        content.append(image_content_block(res.images.get(image_id).pixels, rt.config.image_max_side))
+        content.append(stored_image_block(res.images.get(image_id), rt.config.image_max_side, rt.config.image_format))
     return HumanMessage(content)

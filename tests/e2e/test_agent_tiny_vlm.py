@@ -15,7 +15,7 @@ def test_tiny_vlm_runs_the_graph(tmp_path, family):
     images = write_set(tmp_path)
     model_dir = build_tiny_vlm(family, tmp_path / family)
     cfg = load_config(backend="transformers", local_model=str(model_dir), memory_path="/nonexistent/memory",
-                      threads=2, max_model_calls=3, image_max_side=64)
+                      threads=2, max_model_calls=3, image_max_side=64, max_new_tokens=32)
     agent = AnomalyAgent.from_config(cfg)
     assert agent.backend.name == "transformers"
     v = agent.detect(images["bad"], category="texture", references=images["refs"])

@@ -1,0 +1,449 @@
+"""A fake OpenAI-compatible chat server (aiohttp) for tests, benchmarks and offline demos.
+
+It serves ``GET /v1/models`` and ``POST /v1/chat/completions`` on 127.0.0.1, replays scripted
+replies (content, tool calls, logprobs; JSON or server-sent events when ``stream`` is set), records what each client sent (the JSON body and the
+decoded ``data:`` images) and injects faults: HTTP errors (500, 429 with ``Retry-After``), slow
+replies (``asyncio.sleep``, so concurrent requests overlap), malformed JSON, invalid tool-call
+arguments, unknown tool names, and rejection of ``response_format`` json_schema with a 400.
+Connection refused is `closed_port_url()`.
+
+Usage::
+
+    with FakeOpenAIServer(script=[{"content": "hi"}], latency_s=0.0) as srv:
+        ChatOpenAI(base_url=srv.base_url, api_key="x", model=srv.models[0]).invoke("hello")
+        srv.requests[0].images  # decoded HxWx3 uint8 arrays
+
+Run one by hand: ``python -m evals.fakeserver --port 8000 --content '{"label": "normal"}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import itertools
+import json
+import math
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from PIL import Image
+
+_TOKEN = re.compile(r'"|\s+|\w+|[^\w\s"]')
+
+
+@dataclass
+class Reply:
+    """One scripted answer of the fake server.
+
+    Attributes:
+        content: assistant text (None when the reply is only tool calls).
+        tool_calls: ``{"name", "arguments", "id"?}``; `arguments` is a dict (JSON-encoded) or a raw
+            string (send invalid JSON to test invalid tool calls).
+        logprobs: explicit OpenAI ``logprobs.content`` entries; used when the request asks for them.
+        label_probs: e.g. ``{"anomalous": 0.8, "normal": 0.2}``: generate logprobs whose
+            top alternatives at the label token carry these probabilities.
+        delay_s: extra seconds before answering (added to the server's ``latency_s``).
+        status: HTTP status; not 200 answers an OpenAI-shaped error body.
+        retry_after_s: sent as ``Retry-After`` (seconds) with an error status.
+        malformed: answer 200 with a truncated JSON body.
+        raw_body: answer 200 with exactly this text (JSON content type when it starts with "{",
+            else ``text/html``, e.g. a proxy's login page).
+        usage: overrides the reported token usage.
+    """
+
+    content: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    logprobs: list[dict] | None = None
+    label_probs: dict[str, float] | None = None
+    delay_s: float = 0.0
+    status: int = 200
+    retry_after_s: float | None = None
+    malformed: bool = False
+    raw_body: str | None = None
+    usage: dict | None = None
+
+    @classmethod
+    def of(cls, item: Reply | dict | str) -> Reply:
+        if isinstance(item, Reply):
+            return item
+        if isinstance(item, str):
+            return cls(content=item)
+        return cls(**item)
+
+
+@dataclass
+class RecordedRequest:
+    """What a client sent to ``/v1/chat/completions``.
+
+    Attributes:
+        body: the parsed JSON body.
+        images: one entry per ``image_url`` block, in order: an HxWx3 uint8 array, or the error
+            text when the data URL could not be decoded (None when decoding is off).
+        image_formats: "PNG"/"JPEG"/... per image (None when undecodable or decoding is off).
+        handled_ms: server-side time to parse, decode and answer, excluding the scripted delay.
+    """
+
+    body: dict
+    images: list[np.ndarray | str | None] = field(default_factory=list)
+    image_formats: list[str | None] = field(default_factory=list)
+    handled_ms: float = 0.0
+
+    @property
+    def messages(self) -> list[dict]:
+        return list(self.body.get("messages") or [])
+
+    @property
+    def roles(self) -> list[str]:
+        return [m.get("role", "") for m in self.messages]
+
+    @property
+    def system_count(self) -> int:
+        return self.roles.count("system")
+
+    @property
+    def tools(self) -> list[dict]:
+        return list(self.body.get("tools") or [])
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.get("function", {}).get("name", "") for t in self.tools]
+
+
+def _image_urls(body: dict) -> list[str]:
+    urls = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "image_url":
+                    image_url = block.get("image_url")
+                    urls.append(image_url.get("url", "") if isinstance(image_url, dict) else str(image_url))
+    return urls
+
+
+def decode_data_url(url: str) -> tuple[np.ndarray, str]:
+    """Decode a ``data:image/...;base64,...`` URL into (HxWx3 uint8 RGB, format). Raises ValueError."""
+    if not url.startswith("data:") or ";base64," not in url:
+        msg = f"not a base64 data URL: {url[:40]!r}"
+        raise ValueError(msg)
+    raw = base64.b64decode(url.split(",", 1)[1], validate=True)
+    with Image.open(io.BytesIO(raw)) as img:
+        img.load()
+        return np.asarray(img.convert("RGB")), str(img.format)
+
+
+def _decode_all(urls: list[str]) -> tuple[list, list]:
+    images, formats = [], []
+    for url in urls:
+        try:
+            pixels, fmt = decode_data_url(url)
+            images.append(pixels)
+            formats.append(fmt)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to assert on
+            images.append(f"{type(exc).__name__}: {exc}")
+            formats.append(None)
+    return images, formats
+
+
+def _tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+def _make_logprobs(reply: Reply, top_n: int) -> list[dict]:
+    """OpenAI ``logprobs.content`` for the reply's text: probability 1 everywhere except the label token."""
+    if reply.logprobs is not None:
+        return reply.logprobs
+    labels = {k.lower(): v for k, v in (reply.label_probs or {}).items()}
+    entries = []
+    for tok in _tokenize(reply.content or ""):
+        if tok.lower() in labels:
+            alts = sorted(labels.items(), key=lambda kv: -kv[1])
+            top = [{"token": k, "logprob": math.log(max(p, 1e-12))} for k, p in alts][: max(top_n, 1)]
+            entries.append({"token": tok, "logprob": math.log(max(labels[tok.lower()], 1e-12)), "top_logprobs": top})
+            labels = {}  # only the first label token carries the alternatives
+        else:
+            entries.append({"token": tok, "logprob": 0.0, "top_logprobs": [{"token": tok, "logprob": 0.0}][:top_n]})
+    return entries
+
+
+def closed_port_url() -> str:
+    """A ``http://127.0.0.1:<port>/v1`` URL where nothing listens (connection refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class FakeOpenAIServer:
+    """An OpenAI-compatible server in a background thread; a context manager.
+
+    Args:
+        script: replies served in order (`Reply`, dict of its fields, or a string = content).
+        latency_s: seconds every chat request waits (``asyncio.sleep``: requests overlap).
+        models: ids listed by ``/v1/models``.
+        default: the reply once the script is used up; None answers 400 "script exhausted".
+        reject_json_schema: answer 400 to requests with ``response_format`` of type json_schema
+            (like servers without guided decoding), without consuming a script step.
+        decode_images: decode the data-URL images of each request (off for pure-overhead benchmarks).
+        port: 0 picks a free port.
+
+    Attributes:
+        requests: every chat request received, in arrival order.
+        base_url: ``http://127.0.0.1:<port>/v1`` once started.
+    """
+
+    def __init__(
+        self,
+        script: Iterable[Reply | dict | str] = (),
+        *,
+        latency_s: float = 0.0,
+        models: Iterable[str] = ("fake-vlm",),
+        default: Reply | dict | str | None = None,
+        reject_json_schema: bool = False,
+        decode_images: bool = True,
+        port: int = 0,
+    ) -> None:
+        self._script: deque[Reply] = deque(Reply.of(r) for r in script)
+        self.latency_s = latency_s
+        self.models = list(models)
+        self.default = Reply.of(default) if default is not None else None
+        self.reject_json_schema = reject_json_schema
+        self.decode_images = decode_images
+        self.requests: list[RecordedRequest] = []
+        self.served = 0
+        self._port = port
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self.port: int | None = None
+
+    # -- script -----------------------------------------------------------------------------
+    def push(self, *replies: Reply | dict | str) -> None:
+        """Append replies to the script (thread-safe enough for tests: deque appends are atomic)."""
+        self._script.extend(Reply.of(r) for r in replies)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._script)
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            msg = "FakeOpenAIServer is not running; use it as a context manager or call start()"
+            raise RuntimeError(msg)
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> FakeOpenAIServer:
+        self._thread = threading.Thread(target=self._serve, name="fake-openai-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10.0) or self._start_error is not None:
+            msg = f"fake server failed to start: {self._start_error!r}"
+            raise RuntimeError(msg)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10.0)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        try:
+            loop.run_until_complete(runner.setup())
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self._port))
+            self.port = sock.getsockname()[1]
+            loop.run_until_complete(web.SockSite(runner, sock, backlog=256).start())
+            self._loop = loop
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fakeserver"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    @staticmethod
+    def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+        kind = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}.get(status, "InternalServerError")
+        body = {"error": {"message": message, "type": kind, "code": status}, "object": "error"}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return self._error(400, f"request body is not JSON: {exc}")
+        record = RecordedRequest(body=body)
+        self.requests.append(record)
+        urls = _image_urls(body)
+        if urls and self.decode_images:
+            loop = asyncio.get_running_loop()
+            record.images, record.image_formats = await loop.run_in_executor(None, _decode_all, urls)
+        elif urls:
+            record.images, record.image_formats = [None] * len(urls), [None] * len(urls)
+
+        response_format = body.get("response_format") or {}
+        if self.reject_json_schema and response_format.get("type") == "json_schema":
+            record.handled_ms = (time.perf_counter() - start) * 1000
+            return self._error(400, "response_format of type json_schema is not supported by this server")
+        if self._script:
+            reply = self._script.popleft()
+        elif self.default is not None:
+            reply = self.default
+        else:
+            record.handled_ms = (time.perf_counter() - start) * 1000
+            return self._error(400, f"fake server script exhausted after {self.served} replies")
+        self.served += 1
+        record.handled_ms = (time.perf_counter() - start) * 1000
+        delay = self.latency_s + reply.delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if reply.status != 200:
+            headers = {"Retry-After": f"{reply.retry_after_s:g}"} if reply.retry_after_s is not None else None
+            return self._error(reply.status, f"injected HTTP {reply.status}", headers)
+        if reply.raw_body is not None:
+            kind = "application/json" if reply.raw_body.lstrip().startswith("{") else "text/html"
+            return web.Response(text=reply.raw_body, content_type=kind)
+        if reply.malformed:
+            return web.Response(
+                text='{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"index": 0, "mess',
+                content_type="application/json",
+            )
+        completion = self._completion(body, reply, len(urls))
+        if body.get("stream"):
+            return await self._stream(request, body, completion)
+        return web.json_response(completion)
+
+    @staticmethod
+    async def _stream(request: web.Request, body: dict, completion: dict) -> web.StreamResponse:
+        """Send `completion` as server-sent events, the way OpenAI streams chat completions."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        choice = completion["choices"][0]
+        message = choice["message"]
+        head = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks = [
+            {**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice["logprobs"], "finish_reason": None}]},
+            {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}]},
+        ]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**head, "choices": [], "usage": completion["usage"]})
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _completion(self, body: dict, reply: Reply, n_images: int) -> dict:
+        n = next(self._ids)
+        tool_calls = [
+            {
+                "id": call.get("id") or f"call_{n}_{i}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": call["arguments"] if isinstance(call.get("arguments"), str) else json.dumps(call.get("arguments", {})),
+                },
+            }
+            for i, call in enumerate(reply.tool_calls)
+        ]
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        logprobs = None
+        if body.get("logprobs"):
+            logprobs = {"content": _make_logprobs(reply, int(body.get("top_logprobs") or 0)), "refusal": None}
+        text_chars = sum(
+            len(m["content"]) if isinstance(m.get("content"), str)
+            else sum(len(b.get("text", "")) for b in m.get("content") or [] if isinstance(b, dict))
+            for m in body.get("messages") or []
+        )
+        prompt_tokens = text_chars // 4 + 256 * n_images
+        completion_tokens = len(_tokenize(reply.content or "")) + 16 * len(tool_calls)
+        usage = reply.usage or {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return {
+            "id": f"chatcmpl-{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.models[0] if self.models else "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls" if tool_calls else "stop",
+                }
+            ],
+            "usage": usage,
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a fixed reply until interrupted (for trying `doctor` or the CLI without a GPU)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", default="fake-vlm")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat request")
+    parser.add_argument(
+        "--content",
+        default='{"label": "normal", "confidence": 0.5, "defect_type": null, "explanation": "fake server reply"}',
+        help="the reply text for every request",
+    )
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(models=[args.model], default={"content": args.content}, latency_s=args.latency, port=args.port)
+    with server:
+        print(f"fake OpenAI server at {server.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
