@@ -1,0 +1,27 @@
+"""The README's quick start is exactly the two commands, and its Python example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_quick_start_is_two_commands():
+    text = README.read_text()
+    quick = text.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert quick.strip().splitlines() == ["make demo", "make test"]
+
+
+def test_python_example_runs(tmp_path, monkeypatch, capsys, isolated_home):
+    (example,) = [b for b in _blocks("python") if "AnomalyAgent" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[0] in ("normal", "anomalous")
+    assert "patch_knn" in out[1]
