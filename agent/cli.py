@@ -57,6 +57,34 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _cli_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, usage/click errors, abort) classes of the installed click and of the copy typer bundles."""
+    import click
+
+    exits, errors, aborts = [typer.Exit, click.exceptions.Exit], [click.ClickException], [typer.Abort, click.Abort]
+    try:
+        from typer._click.exceptions import ClickException as BundledClickException
+
+        errors.append(BundledClickException)
+    except ImportError:  # typer versions that use the installed click
+        pass
+    return tuple(exits), tuple(errors), tuple(aborts)
+
+
+def _click_exit(exc: BaseException) -> int | None:
+    """Exit code for the CLI framework's own exceptions (usage errors print their message), else None."""
+    exits, errors, aborts = _cli_exception_types()
+    if isinstance(exc, exits):
+        return exc.exit_code
+    if isinstance(exc, errors):
+        exc.show()
+        return exc.exit_code
+    if isinstance(exc, aborts):
+        print("Aborted.", file=sys.stderr)
+        return 130
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,16 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     except Exception as exc:  # noqa: BLE001 - mapped to exit codes below
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            print("Aborted.", file=sys.stderr)
-            return 130
+        handled = _click_exit(exc)
+        if handled is not None:
+            return handled
         code = exit_code_for(exc)
         if code is None or debug:
             raise

@@ -45,7 +45,10 @@ class _YamlSource(PydanticBaseSettingsSource):
             try:
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
-                msg = f"config file {path} is not valid YAML ({exc}). Fix: correct the syntax"
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+                msg = f"config file {path} is not valid YAML{where} ({problem}). Fix: correct the syntax"
                 raise ConfigError(msg) from None
             if not isinstance(data, dict):
                 msg = f"config file {path} must hold a mapping of settings, got {type(data).__name__}"
