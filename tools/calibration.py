@@ -58,3 +58,25 @@ class Calibrator:
             return 1.0 / (1.0 + math.exp(-x))
         e = math.exp(x)
         return e / (1.0 + e)
+
+
+def augmented_copies(pixels: np.ndarray, n: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Mildly perturbed copies of a normal image, to calibrate a tool when k = 1.
+
+    Each copy is shifted by up to 3% of the side (reflect border), given a +-8% gain and a +-6
+    grey-level offset, and Gaussian noise of sigma 2 grey levels: changes a normal image can show,
+    no defect. pixels: HxWx3 uint8. Returns n arrays of the same shape and dtype.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = pixels.shape[:2]
+    out = []
+    for _ in range(n):
+        dx, dy = rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.03, 0.03) * h
+        m = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float64)
+        moved = cv2.warpAffine(pixels, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        gain, offset = rng.uniform(0.92, 1.08), rng.uniform(-6.0, 6.0)
+        noisy = moved.astype(np.float32) * gain + offset + rng.normal(0.0, 2.0, moved.shape)
+        out.append(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+    return out
