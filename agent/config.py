@@ -137,19 +137,9 @@ class AgentConfig(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     def tool_settings(self, out_dir: Path | None = None) -> ToolSettings:
-        """The subset the tools read."""
-        return ToolSettings(
-            device=self.device,
-            threads=self.threads,
-            weights_dir=self.weights_dir,
-            allow_downloads=self.allow_downloads,
-            backbone=self.backbone,
-            clip_model=self.clip_model,
-            clip_pretrained=self.clip_pretrained,
-            sam_checkpoint=self.sam_checkpoint,
-            sam_model_type=self.sam_model_type,
-            out_dir=out_dir,
-        )
+        """The subset the tools read (every `ToolSettings` field has a same-named field here)."""
+        shared = set(ToolSettings.model_fields) - {"out_dir"}
+        return ToolSettings(**self.model_dump(include=shared), out_dir=out_dir)
 
     def masked(self) -> dict[str, Any]:
         """The config as JSON-able values, secrets shown as '***' (for `config show`)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from agent.backends.messages import stored_image_block
 from agent.explain import evidence_line
 from agent.runtime import AgentRuntime, RunResources
 from agent.state import State
-from agent.backends.messages import stored_image_block
 from tools.types import Evidence
 
 

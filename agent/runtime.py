@@ -103,17 +103,8 @@ class AgentRuntime:
         with self._tool_lock:  # setup() loads weights once; serialise it
             tool.setup(res.ctx)
         output, elapsed_ms = tool.timed_run(args, res.ctx)
-        return Evidence(
-            tool=name,
-            args=args,
-            score=output.score,
-            raw_score=output.raw_score,
-            regions=output.regions,
-            summary=output.summary,
-            map_path=output.map_path,
-            image_ids=output.image_ids,
-            elapsed_ms=elapsed_ms,
-        )
+        shared = set(Evidence.model_fields) & set(type(output).model_fields)
+        return Evidence(tool=name, args=args, elapsed_ms=elapsed_ms, **{k: getattr(output, k) for k in shared})
 
     def new_run(self, run_id: str) -> RunResources:
         images = ImageStore(max_pixels=self.config.max_image_pixels)

@@ -1,0 +1,129 @@
+"""`anomaly-agent eval ROOT`: run the agent (or a baseline) on a dataset; metrics and a report.
+
+Exit codes: 0 = the run finished (failed items are recorded in results.jsonl, not fatal);
+2 = bad input or config; 3 = the model server failed for many items in a row (resume later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import typer
+
+from agent.commands.common import ConfigOption, config_from_cli
+
+
+def default_run_dir(root: Path, chash_seed: str) -> Path:
+    """``runs/<dataset name>-<8 hex>``: the same settings give the same folder, so --resume finds it."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.expanduser().absolute().name or "dataset")
+    return Path("runs") / f"{name}-{hashlib.sha256(chash_seed.encode()).hexdigest()[:8]}"
+
+
+def memory_sink_for(config, agent):
+    """A callable that embeds labelled anomalies (`Sample`s) and adds them to the run's memory.
+
+    Vectors come from the agent's own embedder, so retrieval during the run finds them.
+    """
+    from memory.store import ExampleInput, open_store
+    from tools.images import load_image
+
+    def add(samples) -> None:
+        embedder = agent.runtime.embedder()
+        items = [
+            ExampleInput(
+                image=s.path, category=s.category, label="anomalous",
+                embedding=embedder.embed(load_image(s.path, config.max_image_pixels)),
+                embedding_model=embedder.model_id, defect_type=s.defect_type,
+                description=f"a labelled {s.defect_type} anomaly", source="eval --anomaly-shots",
+            )
+            for s in samples
+        ]
+        with open_store(config) as store:
+            store.add_many(items)
+
+    return add
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        root: Path = typer.Argument(..., help="Dataset folder (MVTec-style tree, LOCO, 3D-AD, VisA) or a CSV list."),
+        category: list[str] | None = typer.Option(None, "--category", "-c", help="Category to run; repeatable (default: all)."),
+        layout: str = typer.Option("auto", "--layout", help="auto | folder | mvtec | mvtec_loco | mvtec_3d | visa | csv."),
+        shots: int = typer.Option(0, "--shots", help="K normal references per query from train/good (0 = zero-shot)."),
+        shot_seed: int | None = typer.Option(None, "--shot-seed", help="Draw the K references at random with this seed (default: first K by name)."),
+        repeats: int = typer.Option(1, "--repeats", help="Reference draws to average metrics over (needs --shot-seed)."),
+        anomaly_shots: int = typer.Option(0, "--anomaly-shots", help="M labelled anomalies per category put into memory and left out of the test."),
+        limit: int | None = typer.Option(None, "--limit", help="At most this many test images per category (spread evenly)."),
+        backend: str | None = typer.Option(None, "--backend", help="auto | openai | transformers | scripted | none (tools + fusion only)."),
+        base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM)."),
+        model: str | None = typer.Option(None, "--model", help="Model id served at --base-url."),
+        baseline: str | None = typer.Option(None, "--baseline", help="'direct': one yes/no prompt with the references, no tools, no memory."),
+        concurrency: int = typer.Option(4, "--concurrency", "-j", help="Images in flight at once."),
+        out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<dataset>-<hash>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a run: skip images already in results.jsonl."),
+        retry_errors: bool = typer.Option(False, "--retry-errors", help="With --resume: judge failed items again."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        no_report: bool = typer.Option(False, "--no-report", help="Skip report.html (metrics are still written)."),
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Evaluate on a dataset: per-category metrics, results.jsonl, report.html."""
+        from rich.console import Console
+
+        from evals.datasets import load_dataset
+        from evals.report import load_run, print_table, write_report
+        from evals.runner import EvalSpec, config_hash, evaluate, prompt_set_hash
+
+        spec = EvalSpec(shots=shots, shot_seed=shot_seed, repeats=repeats, anomaly_shots=anomaly_shots,
+                        limit=limit, baseline=baseline)
+        cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model)
+        categories = load_dataset(root, layout=layout, categories=category)
+        prompt_names = ["direct_baseline"] if baseline == "direct" else ["agent"]
+        phash = prompt_set_hash(prompt_names)
+        chash = config_hash(cfg.masked(), spec, phash)
+        run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{chash}")
+        if anomaly_shots:
+            # the labelled anomalies go into the run's own store, not the user's memory
+            cfg = cfg.model_copy(update={"memory_path": run_dir / "memory"})
+        err = Console(stderr=True)
+        if baseline == "direct":
+            from evals.direct_baseline import DirectBaseline
+
+            detector = DirectBaseline(cfg)
+            note = f"direct baseline on {detector.backend.name} ({detector.backend.reason})"
+        else:
+            from agent.api import AnomalyAgent
+
+            detector = AnomalyAgent.from_config(cfg)
+            note = f"agent on backend {detector.backend.name} ({detector.backend_note})"
+        n_test = sum(len(c.test) for c in categories)
+        err.print(f"eval: {len(categories)} categories, {n_test} test images, {shots} shots, {note}")
+        err.print(f"run directory: {run_dir}")
+        sink = memory_sink_for(cfg, detector) if anomaly_shots else None
+        paths, stats, _ = evaluate(
+            detector,
+            categories,
+            spec,
+            run_dir,
+            cfg.masked(),
+            {"root": str(root.expanduser().absolute()), "layout": layout, "categories": [c.name for c in categories]},
+            prompt_hash=phash,
+            concurrency=concurrency,
+            resume=resume,
+            retry_errors=retry_errors,
+            progress=not no_progress,
+            memory_sink=sink,
+        )
+        err.print(
+            f"judged {stats.done} images ({stats.failed} failed) in {stats.elapsed_s:.1f} s; "
+            f"{stats.skipped} already done"
+        )
+        if not no_report:
+            html = write_report(paths.root)
+            err.print(f"report: {html}")
+        print_table([load_run(paths.root)])
+        if stats.failed:
+            print(f"{stats.failed} items failed; see results.jsonl (rerun with --resume --retry-errors)", file=sys.stderr)
