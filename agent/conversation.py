@@ -17,7 +17,8 @@ def evidence_lines(state: State) -> list[str]:
 
 def initial_messages(state: State, rt: AgentRuntime, res: RunResources) -> list[BaseMessage]:
     """System prompt, then one human turn: the plan text, the query image and reference images
-    (at most `max_images_per_call` images in all), then memory examples as their own turn."""
+    (at most `max_images_per_call` images in all), then memory examples as their own turn (only the
+    labelled anomalies when the run already has normal references)."""
     cfg = rt.config
     prompts = rt.prompts
     category = state.get("category")
@@ -41,7 +42,9 @@ def initial_messages(state: State, rt: AgentRuntime, res: RunResources) -> list[
         content.append(stored_image_block(res.images.get(ref_id), cfg.image_max_side, cfg.image_format))
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(content)]
     examples = state.get("memory_examples") or []
-    if examples and not res.ctx.reference_ids:
+    if res.ctx.reference_ids:  # normals are already shown as references; add the labelled anomalies
+        examples = [e for e in examples if e["example"]["label"] == "anomalous"]
+    if examples:
         from memory.examples import MemoryExample, render_examples
 
         pairs = [(MemoryExample.model_validate(e["example"]), e["similarity"]) for e in examples]
