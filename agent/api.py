@@ -19,19 +19,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.config import AgentConfig, ConfigError, load_config
-from agent.errors import ModelServerError, UserInputError
+from agent.config import AgentConfig, load_config
+from agent.errors import ModelServerError, UserInputError, input_error_types
 from agent.schemas import Verdict
-from tools.base import ToolError
-from tools.images import ImageInputError
 
 log = logging.getLogger(__name__)
-INPUT_ERRORS = (ImageInputError, UserInputError, ConfigError, ToolError, FileNotFoundError)
 
 
 def error_verdict(image: str | None, category: str | None, exc: BaseException) -> Verdict:
     """The error record for an exception raised while judging one image."""
-    if isinstance(exc, INPUT_ERRORS):
+    if isinstance(exc, input_error_types()):
         return Verdict.failed(image, str(exc), category, kind="input")
     if isinstance(exc, ModelServerError):
         return Verdict.failed(image, str(exc), category, kind="model")

@@ -13,12 +13,18 @@ class ModelServerError(RuntimeError):
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code for a known error, or None for a bug (shown with its traceback)."""
+    if isinstance(exc, ModelServerError):
+        return 3
+    if isinstance(exc, input_error_types()):
+        return 2
+    return None
+
+
+def input_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or configuration (exit 2, `error_kind="input"`)."""
     from agent.config import ConfigError
+    from memory.store import MemoryStoreError
     from tools.base import ToolError
     from tools.images import ImageInputError
 
-    if isinstance(exc, ModelServerError):
-        return 3
-    if isinstance(exc, UserInputError | ConfigError | ImageInputError | ToolError | FileNotFoundError):
-        return 2
-    return None
+    return (UserInputError, ConfigError, ImageInputError, ToolError, MemoryStoreError, FileNotFoundError)

@@ -1,0 +1,302 @@
+"""`anomaly-agent memory ...`: fill, inspect and share the example memory.
+
+Every command takes ``--memory PATH`` (default: the config's ``memory_path``); with
+``ANOMALY_AGENT_MEMORY_HOST`` set, the shared Chroma server is used instead. Output is
+human-readable; ``--json`` prints JSON on stdout. Bad images and store problems exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from agent.commands.common import ConfigOption, config_from_cli
+from agent.errors import UserInputError
+
+MemoryOption = typer.Option(None, "--memory", help="Memory store folder (default: config memory_path).")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of text.")
+EmbedderOption = typer.Option(
+    "auto", "--embedder",
+    help="Retrieval embedder: auto (CLIP if its weights resolve, else efficientnet_lite0) or a backbone name.",
+)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Store, lock and weight problems become `UserInputError` (exit 2, one line)."""
+    from memory.lock import StoreLockTimeoutError
+    from memory.store import MemoryStoreError
+    from tools.base import ToolError
+
+    try:
+        yield
+    except (MemoryStoreError, StoreLockTimeoutError, ToolError) as exc:
+        raise UserInputError(str(exc)) from exc
+
+
+def _store(config: Path | None, memory: Path | None, create: bool):
+    from memory.store import open_store
+
+    cfg = config_from_cli(config, memory_path=memory)
+    return cfg, open_store(cfg, create=create)
+
+
+def _embedder(name: str, cfg):
+    from memory import embed
+
+    return embed.get_embedder(name, cfg.tool_settings())
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _progress_bar(label: str):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+
+
+def _print_report(report, as_json: bool, store) -> None:
+    if as_json:
+        _echo_json({**report.to_dict(), "store": store.location})
+        return
+    console = _console()
+    console.print(f"added {report.added}, already present {report.skipped} "
+                  f"(embedding model {report.embedding_model}) in {store.location}")
+    for category, row in sorted(report.per_category.items()):
+        console.print(f"  {category}: +{row['normal']} normal, +{row['anomalous']} anomalous")
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="The example memory: normal references, labelled anomalies, class notes.",
+                        no_args_is_help=True)
+    notes = typer.Typer(help="Class notes (e.g. 'a bright seam on the left edge is normal').",
+                        no_args_is_help=True)
+
+    @group.command("add")
+    def add(
+        images: list[Path] = typer.Argument(..., help="Image files to add."),
+        category: str = typer.Option(..., "--category", "-c", help="Category name, e.g. bottle."),
+        label: str = typer.Option(..., "--label", help="normal | anomalous."),
+        defect: str | None = typer.Option(None, "--defect", help="Defect type of an anomalous example."),
+        description: str | None = typer.Option(None, "--description", help="What the anomaly looks like."),
+        embedder: str = EmbedderOption,
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Add images as examples (adding an image again is a no-op)."""
+        from memory.importer import TreeItem, import_items
+        from memory.store import normalize_category
+
+        if label not in ("normal", "anomalous"):
+            msg = f"--label must be normal or anomalous, got {label!r}"
+            raise UserInputError(msg)
+        with _user_errors():
+            items = [TreeItem(p, normalize_category(category), label, defect, description) for p in images]
+            cfg, store = _store(config, memory, create=True)
+            with store:
+                report = import_items(store, _embedder(embedder, cfg), items)
+                _print_report(report, as_json, store)
+
+    @group.command("import")
+    def import_(
+        root: Path = typer.Argument(..., help="MVTec-style tree: <category>/train/good, test/<defect>."),
+        category: list[str] | None = typer.Option(None, "--category", "-c", help="Only this category (repeatable)."),
+        with_anomalies: int = typer.Option(0, "--with-anomalies", min=0,
+                                           help="Also import N labelled anomalies per defect type."),
+        embedder: str = EmbedderOption,
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Import train/good images as normals (and, with --with-anomalies N, labelled anomalies)."""
+        from memory.importer import import_items, scan_tree
+
+        with _user_errors():
+            items = scan_tree(root, category, with_anomalies)
+            cfg, store = _store(config, memory, create=True)
+            with store:
+                emb = _embedder(embedder, cfg)
+                with _progress_bar(f"importing into {store.location}") as bar:
+                    task = bar.add_task("import", total=len(items))
+                    report = import_items(store, emb, items,
+                                          progress=lambda done, _total: bar.update(task, completed=done))
+                _print_report(report, as_json, store)
+
+    @group.command("list")
+    def list_(
+        category: str | None = typer.Option(None, "--category", "-c", help="Only this category."),
+        label: str | None = typer.Option(None, "--label", help="normal | anomalous."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """List examples."""
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                examples = store.list(category, label)
+        if as_json:
+            _echo_json([e.model_dump(mode="json") for e in examples])
+            return
+        from rich.table import Table
+
+        table = Table("id", "category", "label", "defect", "description", "image")
+        for e in examples:
+            table.add_row(e.id[:12], e.category, e.label, e.defect_type or "", e.description or "", e.image_path)
+        _console().print(table)
+        _console().print(f"{len(examples)} example(s)")
+
+    @group.command("stats")
+    def stats(
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Counts per category and label, and the embedding models in use."""
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                data = store.stats()
+                models = {c: store.embedding_models(c) for c in data}
+                location = store.location
+        if as_json:
+            _echo_json({"store": location,
+                        "categories": {c: {**row, "embedding_models": models.get(c, [])} for c, row in data.items()}})
+            return
+        from rich.table import Table
+
+        table = Table("category", "normal", "anomalous", "notes", "embedding models", title=location)
+        for c, row in data.items():
+            table.add_row(c, str(row["normal"]), str(row["anomalous"]), str(row["notes"]),
+                          ", ".join(models.get(c, [])))
+        _console().print(table)
+
+    @group.command("remove")
+    def remove(
+        ids: list[str] = typer.Argument(..., help="Example ids (see `memory list`)."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Remove examples (from every embedding model's collection)."""
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                removed = {i: store.delete(i) for i in ids}
+        if as_json:
+            _echo_json({"removed": removed})
+        else:
+            for i in removed:
+                typer.echo(f"removed {i}")
+
+    @group.command("export")
+    def export(
+        out: Path = typer.Argument(..., help="JSON file to write."),
+        category: str | None = typer.Option(None, "--category", "-c", help="Only this category."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Write examples (with vectors and image paths) and notes to a JSON file."""
+        from memory.importer import export_json
+
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                counts = export_json(store, out, category)
+        if as_json:
+            _echo_json({**counts, "file": str(out)})
+        else:
+            typer.echo(f"exported {counts['examples']} example(s) and {counts['notes']} note(s) to {out}")
+
+    @group.command("import-json")
+    def import_json_(
+        file: Path = typer.Argument(..., help="A file written by `memory export`."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Add the examples and notes of an export file (idempotent; images are copied in)."""
+        from memory.importer import import_json
+
+        with _user_errors():
+            _, store = _store(config, memory, create=True)
+            with store:
+                report = import_json(store, file)
+                _print_report(report, as_json, store)
+
+    @notes.command("add")
+    def note_add(
+        text: str = typer.Argument(..., help="The note, e.g. 'a bright seam on the left edge is normal'."),
+        category: str = typer.Option(..., "--category", "-c", help="Category name."),
+        provenance: str = typer.Option("user", "--provenance", help="Who or what wrote it."),
+        reliability: float = typer.Option(1.0, "--reliability", min=0.0, max=1.0, help="Weight in [0, 1]."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Add a class note (the same text again updates provenance and reliability)."""
+        with _user_errors():
+            _, store = _store(config, memory, create=True)
+            with store:
+                note = store.add_note(category, text, provenance, reliability)
+        if as_json:
+            _echo_json(note.model_dump(mode="json"))
+        else:
+            typer.echo(f"note {note.id} for '{note.category}': {note.text}")
+
+    @notes.command("list")
+    def note_list(
+        category: str | None = typer.Option(None, "--category", "-c", help="Only this category."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """List class notes."""
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                items = store.list_notes(category)
+        if as_json:
+            _echo_json([n.model_dump(mode="json") for n in items])
+            return
+        for n in items:
+            typer.echo(f"{n.id}  [{n.category}] {n.text} (reliability {n.reliability:.2f}, from {n.provenance})")
+        typer.echo(f"{len(items)} note(s)")
+
+    @notes.command("remove")
+    def note_remove(
+        note_id: str = typer.Argument(..., help="Note id (see `memory note list`)."),
+        memory: Path | None = MemoryOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Remove a class note."""
+        with _user_errors():
+            _, store = _store(config, memory, create=False)
+            with store:
+                store.remove_note(note_id)
+        typer.echo(f"removed note {note_id}")
+
+    group.add_typer(notes, name="note")
+    app.add_typer(group, name="memory")
