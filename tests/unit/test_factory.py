@@ -68,9 +68,10 @@ def fake_local(monkeypatch):
 
     class TransformersChatModel:
         @classmethod
-        def from_config(cls, config):
+        def from_config(cls, config, **overrides):
             inst = cls()
             inst.config = config
+            inst.overrides = overrides
             return inst
 
     module.TransformersChatModel = TransformersChatModel
@@ -92,6 +93,7 @@ def test_auto_falls_back_to_local_weights(fake_local, isolated_home):
     url = closed_port_url()
     backend = build_backend(load_config(base_url=url))
     assert backend.name == "transformers" and backend.model_id == "Qwen/Qwen3-VL-2B-Instruct"
+    assert backend.model.overrides == {"max_new_tokens": 512}  # config.max_new_tokens reaches the model
     assert url in backend.reason and "connection refused" in backend.reason and "/cache/qwen" in backend.reason
 
 
