@@ -1,0 +1,526 @@
+"""`patch_knn`: PatchCore-style few-shot anomaly scoring against the session's normal references.
+
+Method (each step measured with `evals/bench/tools.py`; the table is in the README):
+1. Greyscale images (R == G == B) are standardised to a common mean and contrast (`grey_norm`);
+   colour images are left alone. Each image is resized, keeping its aspect ratio, so its long side
+   is `resolution` (`scale_mode="fit"`; "refs" scales all by one factor from the references).
+2. Multi-layer backbone features (EfficientNet-Lite0 blocks 4 and 10, strides 8 and 16), each
+   averaged over a 3x3 neighbourhood and upsampled to the finest grid, form two feature views
+   (`layer_norm="patch+image"`): per-patch L2-normalised layers (texture detail) and per-image
+   scaled layers (keeps how much structure a patch has: objects, missing parts).
+3. Per view, a memory bank of all reference patches plus their 8 flipped/rotated copies
+   (`augment="d4"`), searched with a faiss flat L2 index: a patch's distance to its nearest
+   reference patch. The views' distance maps are standardised by the references' own scores in
+   that view and averaged.
+4. Image score = mean of the top 1% of patch scores, the outermost ring of cells left out (`topk`,
+   `border`). The map is the patch scores resized to the original HxW and slightly smoothed.
+5. Calibration (`tools.calibration.Calibrator`) on the references' own scores: leave-one-out for
+   k >= 2, augmented copies (sub-stride shift + small rotation + brightness) of the single
+   reference for k = 1. Regions: connected components of the map above both the references' "edge
+   of normal" (the raw score whose calibrated score is 0.5) and half-way from the map's median to
+   its peak; when nothing exceeds the edge, the single strongest peak.
+
+References are embedded once per session: features and banks are cached in `ctx.cache` keyed by
+backbone id, config and the references' pixel digests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from tools.backbones import Backbone, get_backbone
+from tools.base import Tool, ToolContext, ToolError, ToolInput, ToolOutput
+from tools.calibration import Z_EDGE, Calibrator
+from tools.maps import resize_map, top_regions, write_map_png
+from tools.registry import register
+
+AUGMENTS = ("none", "flips", "d4")
+
+
+@dataclass(frozen=True)
+class PatchKnnConfig:
+    """How patch_knn computes features and scores.
+
+    Attributes:
+        backbone: backbone name (None: `ToolSettings.backbone`).
+        layers: backbone taps (None: the backbone's default layers).
+        resolution: target long side in pixels of the references' median image; every image is
+            scaled by the same factor (`scale_mode="refs"`) or each to this long side ("fit").
+        scale_mode: "refs" (one factor from the references) or "fit" (each image to `resolution`).
+        square: squash every image to resolution x resolution instead (the plain baseline).
+        pool: neighbourhood average pooling size on each feature map (1: none).
+        layer_norm: how the layers are balanced before concatenating: "patch" (L2-normalise
+            every patch vector per layer: fine texture detail counts fully), "image" (divide each
+            layer by its mean patch norm in the image: keeps how much structure a patch has, which
+            matters for objects and missing parts) or "none". Several joined by "+" are separate
+            feature views, each with its own bank; their distance maps are standardised by the
+            references' leave-one-out scores of that view and averaged.
+        augment: add flipped ("flips": h, v, hv) or all 8 dihedral ("d4") copies of each reference.
+        topk: fraction of the highest patch scores averaged into the image score (0: the max).
+        blur_sigma: map smoothing, in feature-grid cells of the finest layer.
+        max_side: longest side ever fed to the backbone (pixels).
+        deep_weight: factor on every layer after the first (after `layer_norm`): > 1 weighs the
+            more semantic layers higher in the distance.
+        grey_norm: for greyscale images only: "none", "standardise" (zero mean, unit std, mapped
+            back to 128 +- 40) or "flatfield" (divide by a heavily blurred copy: removes slow
+            illumination gradients, keeps local structure).
+        border: feature cells at the image border left out of the image score (padding effects).
+        max_loo: at most this many references are held out for leave-one-out calibration
+            (evenly spaced; LOO costs one bank search per held-out reference).
+    """
+
+    backbone: str | None = None
+    layers: tuple[str, ...] | None = None
+    resolution: int = 320
+    scale_mode: str = "fit"
+    square: bool = False
+    pool: int = 3
+    layer_norm: str = "patch+image"
+    augment: str = "d4"
+    topk: float = 0.01
+    blur_sigma: float = 0.5
+    max_side: int = 1024
+    max_loo: int = 8
+    deep_weight: float = 1.0
+    grey_norm: str = "standardise"
+    border: int = 1
+
+    def key(self) -> str:
+        return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
+
+
+def _round_to(v: float, m: int) -> int:
+    return max(m * 2, int(round(v / m)) * m)
+
+
+def working_size(h: int, w: int, cfg: PatchKnnConfig, ref_long_side: float | None) -> tuple[int, int]:
+    """The (h, w) an HxW image is resized to before the backbone; multiples of 32 pixels."""
+    if cfg.square:
+        return cfg.resolution, cfg.resolution
+    if cfg.scale_mode == "refs" and ref_long_side:
+        factor = cfg.resolution / ref_long_side
+    else:
+        factor = cfg.resolution / max(h, w)
+    factor = min(factor, cfg.max_side / max(h, w))
+    return _round_to(h * factor, 32), _round_to(w * factor, 32)
+
+
+def _dihedral(pixels: np.ndarray, augment: str) -> list[np.ndarray]:
+    if augment == "none":
+        return [pixels]
+    flips = [pixels, pixels[:, ::-1], pixels[::-1], pixels[::-1, ::-1]]
+    if augment == "flips":
+        return [np.ascontiguousarray(p) for p in flips]
+    return [np.ascontiguousarray(p) for p in flips] + [np.ascontiguousarray(np.rot90(p)) for p in flips]
+
+
+def normal_variants(pixels: np.ndarray, stride: int, n: int = 6) -> list[np.ndarray]:
+    """Plausible normal variants of one reference (for k=1 calibration): `n` HxWx3 uint8 images.
+
+    Each variant combines a sub-stride shift (a quarter to three quarters of a feature cell, so its
+    patches do not coincide with the bank's), a rotation of up to 3 degrees and a +-10% brightness
+    change, drawn from a fixed seed (reflected borders).
+    """
+    h, w = pixels.shape[:2]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        dx, dy = rng.uniform(0.25, 0.75, 2) * stride * rng.choice([-1, 1], 2)
+        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(rng.uniform(-3, 3)), 1.0)
+        m[:, 2] += (dx, dy)
+        warped = cv2.warpAffine(pixels, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+        gain = float(rng.uniform(0.9, 1.1))
+        out.append(np.clip(warped.astype(np.float32) * gain, 0, 255).astype(np.uint8))
+    return out
+
+
+def is_grey(pixels: np.ndarray) -> bool:
+    """True when every pixel has R == G == B (a greyscale image stored as RGB)."""
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+
+
+def normalise_grey(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Intensity normalisation of a greyscale HxWx3 uint8 image (colour images pass unchanged)."""
+    if mode == "none" or not is_grey(pixels):
+        return pixels
+    g = pixels[..., 0].astype(np.float32)
+    if mode == "flatfield":
+        sigma = max(g.shape) / 8.0
+        background = cv2.GaussianBlur(g, (0, 0), sigmaX=sigma) + 1.0
+        g = g / background * float(g.mean())
+    g = (g - g.mean()) / max(float(g.std()), 1.0) * 40.0 + 128.0
+    grey = np.clip(g, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, int], cfg: PatchKnnConfig) -> np.ndarray:
+    """Aggregated multi-layer patch features.
+
+    Args:
+        backbone: the feature extractor.
+        pixels: HxWx3 uint8 RGB.
+        size_hw: working (h, w) in pixels (see `working_size`).
+        cfg: the config (layers, pool, layer_norm).
+
+    Returns:
+        One gh x gw x C float32 array per view of `cfg.layer_norm` (gh = h / finest stride).
+    """
+    x = backbone.to_tensor(normalise_grey(pixels, cfg.grey_norm), size_hw)
+    maps = backbone.feature_maps(x, cfg.layers or backbone.layers)
+    target = maps[0].shape[-2:]
+    pooled = []
+    for fmap in maps:
+        if cfg.pool > 1:
+            fmap = F.avg_pool2d(fmap, cfg.pool, stride=1, padding=cfg.pool // 2, count_include_pad=False)
+        if tuple(fmap.shape[-2:]) != tuple(target):
+            fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
+        pooled.append(fmap)
+    views = []
+    for view in cfg.layer_norm.split("+"):
+        parts = []
+        for i, fmap in enumerate(pooled):
+            if view == "patch":
+                fmap = F.normalize(fmap, dim=1)
+            elif view == "image":
+                fmap = fmap / fmap.norm(dim=1).mean().clamp_min(1e-6)
+            if i > 0 and cfg.deep_weight != 1.0:
+                fmap = fmap * cfg.deep_weight
+            parts.append(fmap)
+        feats = torch.cat(parts, dim=1)[0].permute(1, 2, 0)
+        views.append(np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32))
+    return views
+
+
+def image_score(patch_map: np.ndarray, topk: float, border: int = 0) -> float:
+    """Mean of the top `topk` fraction of patch scores (the max when topk <= 0).
+
+    `border` cells along each edge are left out (when the grid is large enough).
+    """
+    grid = np.asarray(patch_map, dtype=np.float32)
+    if border > 0 and min(grid.shape) > 4 * border:
+        grid = grid[border:-border, border:-border]
+    flat = grid.ravel()
+    if topk <= 0:
+        return float(flat.max())
+    n = max(1, int(round(topk * flat.size)))
+    return float(np.partition(flat, flat.size - n)[-n:].mean())
+
+
+def _flat_index(vectors: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def nn_distance(index, feats: np.ndarray) -> np.ndarray:
+    """Distance of each gh x gw x C feature to its nearest bank vector -> gh x gw float32."""
+    gh, gw, c = feats.shape
+    dist, _ = index.search(np.ascontiguousarray(feats.reshape(-1, c)), 1)
+    return np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(gh, gw).astype(np.float32)
+
+
+def fuse_grids(grids: list[np.ndarray], centers: list[float], spreads: list[float]) -> np.ndarray:
+    """One view: its grid unchanged. Several: the mean of (grid - center) / spread over views."""
+    if len(grids) == 1:
+        return grids[0]
+    return np.mean([(g - c) / s for g, c, s in zip(grids, centers, spreads, strict=True)], axis=0).astype(np.float32)
+
+
+@dataclass
+class ReferenceBank:
+    """The references' patch bank and the calibration fitted on their own scores.
+
+    Attributes:
+        indices: one faiss index per feature view over every reference patch (and augmented copies).
+        view_center, view_spread: per view, the references' score median and spread, used to
+            standardise that view's distances before averaging (unused with one view).
+        calibrator: maps a raw image score to [0, 1].
+        normal_scores: the references' raw scores used to fit it (leave-one-out or augmented).
+        ref_long_side: median long side of the references (pixels), sets the working scale.
+        stride: finest feature stride (pixels of the working image).
+        n_refs: number of references; calibration: "leave-one-out" or "augmented copies".
+    """
+
+    indices: list
+    view_center: list[float]
+    view_spread: list[float]
+    calibrator: Calibrator
+    normal_scores: list[float]
+    ref_long_side: float
+    stride: int
+    n_refs: int
+    calibration: str
+
+    def grid(self, feats: list[np.ndarray], indices: list | None = None) -> np.ndarray:
+        """Fused patch-score grid (gh x gw) of one image's feature views."""
+        grids = [nn_distance(index, f) for index, f in zip(indices or self.indices, feats, strict=True)]
+        return fuse_grids(grids, self.view_center, self.view_spread)
+
+    @property
+    def edge(self) -> float:
+        """Raw score at which the calibrated score is 0.5 ("edge of normal")."""
+        return self.calibrator.center + Z_EDGE * self.calibrator.spread
+
+
+@dataclass
+class PatchKnnResult:
+    """One image's measurement: raw score, map at original HxW (float32, raw units) and the bank."""
+
+    raw_score: float
+    score: float
+    anomaly_map: np.ndarray
+    bank: ReferenceBank
+
+
+class PatchKnnOutput(ToolOutput):
+    """patch_knn's result; `regions` are in original image pixels, `map_path` is an HxW PNG."""
+
+    image_id: str
+    backbone: str
+    n_references: int
+    calibration: str = Field(description="'leave-one-out' (k>=2) or 'augmented copies' (k=1)")
+    normal_range: tuple[float, float] = Field(description="min/max raw score of the references")
+    edge_of_normal: float = Field(description="raw score whose calibrated score is 0.5")
+
+
+class PatchKnnInput(ToolInput):
+    image_id: str | None = Field(None, description="image to score; omit for the query image")
+    top_k_regions: int = Field(3, ge=1, le=10, description="at most this many regions")
+
+
+def _position_words(box: tuple[int, int, int, int], w: int, h: int) -> str:
+    cx, cy = (box[0] + box[2]) / 2.0 / w, (box[1] + box[3]) / 2.0 / h
+    vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    horiz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
+    return "centre" if (vert, horiz) == ("middle", "centre") else f"{vert}-{horiz}"
+
+
+@register
+class PatchKnn(Tool):
+    """PatchCore-style few-shot scorer (see the module docstring)."""
+
+    name = "patch_knn"
+    description = (
+        "Compare every patch of an image with the normal reference images (nearest-neighbour "
+        "feature distance): returns a calibrated anomaly score, an anomaly map and the most "
+        "anomalous regions as boxes. Needs at least one normal reference."
+    )
+    Input = PatchKnnInput
+    Output = PatchKnnOutput
+
+    def __init__(self, config: PatchKnnConfig | None = None) -> None:
+        super().__init__()
+        self.config = check_config(config or PatchKnnConfig())
+        self.backbone: Backbone | None = None
+        self.last_map: np.ndarray | None = None
+        self.last_result: PatchKnnResult | None = None
+        self._grid_shape: tuple[int, int] | None = None
+
+    def _setup(self, ctx: ToolContext) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, ctx.settings.threads or torch.get_num_threads()))
+        self.backbone = get_backbone(self.config.backbone or ctx.settings.backbone, ctx.settings)
+
+    # -- features and bank ------------------------------------------------------------------
+    def _features(self, ctx: ToolContext, pixels: np.ndarray, digest: str, size_hw, tag: str) -> list[np.ndarray]:
+        assert self.backbone is not None
+        cfg = self.config
+        feat_cfg = (cfg.layers, cfg.pool, cfg.layer_norm, cfg.deep_weight, cfg.grey_norm)
+        key = ("patch_knn:feat", self.backbone.model_id, feat_cfg, digest, tuple(size_hw), tag)
+        feats = ctx.cache.get(key)
+        if feats is None:
+            feats = patch_features(self.backbone, pixels, size_hw, cfg)
+            ctx.cache[key] = feats
+        return feats
+
+    def reference_bank(self, ctx: ToolContext) -> ReferenceBank:
+        """The cached bank for the session's references (built on first use)."""
+        self.setup(ctx)
+        assert self.backbone is not None
+        ref_ids = ctx.require_references(self.name)
+        refs = [ctx.images.get(i) for i in ref_ids]
+        key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs))
+        bank = ctx.cache.get(key)
+        if bank is None:
+            bank = self._build_bank(ctx, refs)
+            ctx.cache[key] = bank
+        return bank
+
+    def _build_bank(self, ctx: ToolContext, refs) -> ReferenceBank:
+        cfg = self.config
+        assert self.backbone is not None
+        long_side = float(np.median([max(r.height, r.width) for r in refs]))
+        n_views = len(cfg.layer_norm.split("+"))
+        per_ref: list[list[np.ndarray]] = []  # [ref][view] -> (n, C) vectors incl. augmented copies
+        plain: list[list[np.ndarray]] = []  # [ref][view] -> gh x gw x C of the reference itself
+        for ref in refs:
+            vecs: list[list[np.ndarray]] = [[] for _ in range(n_views)]
+            for a, variant in enumerate(_dihedral(ref.pixels, cfg.augment)):
+                size = working_size(variant.shape[0], variant.shape[1], cfg, long_side)
+                feats = self._features(ctx, variant, ref.digest, size, f"d4:{a}")
+                if a == 0:
+                    plain.append(feats)
+                for v, f in enumerate(feats):
+                    vecs[v].append(f.reshape(-1, f.shape[-1]))
+            per_ref.append([np.concatenate(x) for x in vecs])
+        stride = min(self.backbone.taps[name][0] for name in (cfg.layers or self.backbone.layers))
+        indices = [_flat_index(np.concatenate([r[v] for r in per_ref])) for v in range(n_views)]
+        grids: list[list[np.ndarray]] = []  # [normal sample][view]
+        if len(refs) >= 2:
+            held_out = np.unique(np.linspace(0, len(refs) - 1, min(len(refs), cfg.max_loo)).round().astype(int))
+            for i in held_out:
+                others = [
+                    _flat_index(np.concatenate([r[v] for j, r in enumerate(per_ref) if j != i]))
+                    for v in range(n_views)
+                ]
+                grids.append([nn_distance(idx, f) for idx, f in zip(others, plain[i], strict=True)])
+            how = "leave-one-out"
+        else:
+            ref = refs[0]
+            for n, variant in enumerate(normal_variants(ref.pixels, stride)):
+                size = working_size(variant.shape[0], variant.shape[1], cfg, long_side)
+                feats = self._features(ctx, variant, ref.digest, size, f"var:{n}")
+                grids.append([nn_distance(idx, f) for idx, f in zip(indices, feats, strict=True)])
+            how = "augmented copies"
+        view_cal = [Calibrator.fit([image_score(g[v], cfg.topk, cfg.border) for g in grids]) for v in range(n_views)]
+        centers = [c.center for c in view_cal]
+        spreads = [c.spread for c in view_cal]
+        normal = [image_score(fuse_grids(g, centers, spreads), cfg.topk, cfg.border) for g in grids]
+        return ReferenceBank(indices, centers, spreads, Calibrator.fit(normal), normal, long_side, stride,
+                             len(refs), how)
+
+    # -- scoring ------------------------------------------------------------------------------
+    def measure(self, ctx: ToolContext, image_id: str | None = None) -> PatchKnnResult:
+        """Score one image: raw and calibrated score, and its HxW float32 map (raw units).
+
+        Also sets `self.last_map` / `self.last_result`.
+        """
+        self.setup(ctx)
+        image_id = ctx.require_image(image_id)
+        bank = self.reference_bank(ctx)
+        img = ctx.images.get(image_id)
+        size = working_size(img.height, img.width, self.config, bank.ref_long_side)
+        feats = self._features(ctx, img.pixels, img.digest, size, "query")
+        grid = bank.grid(feats)
+        self._grid_shape = grid.shape
+        raw = image_score(grid, self.config.topk, self.config.border)
+        cell = img.width / grid.shape[1]
+        amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
+        result = PatchKnnResult(raw, bank.calibrator(raw), amap, bank)
+        self.last_map, self.last_result = amap, result
+        return result
+
+    def _inner(self, amap: np.ndarray, width: int) -> np.ndarray:
+        """The map with its outer `border` feature cells set to the map's median (HxW float32)."""
+        if self.config.border <= 0 or self.last_result is None:
+            return amap
+        grid_w = self._grid_shape[1] if self._grid_shape else 0
+        if grid_w <= 4 * self.config.border:
+            return amap
+        px = int(round(self.config.border * width / grid_w))
+        out = np.full_like(amap, float(np.median(amap)))
+        out[px:-px, px:-px] = amap[px:-px, px:-px]
+        return out
+
+    def anomaly_map(self, ctx: ToolContext, image_id: str | None = None) -> np.ndarray:
+        """HxW float32 anomaly map (raw patch distances) of an image at its original resolution."""
+        return self.measure(ctx, image_id).anomaly_map
+
+    def _run(self, args: PatchKnnInput, ctx: ToolContext) -> PatchKnnOutput:
+        image_id = ctx.require_image(args.image_id)
+        res = self.measure(ctx, image_id)
+        bank = res.bank
+        img = ctx.images.get(image_id)
+        amap = res.anomaly_map
+        find = self._inner(amap, img.width)  # regions, like the image score, skip the border ring
+        above = float(find.max()) >= bank.edge
+        if above:
+            # half-way from the map's median to its peak, never below the edge: tight boxes
+            med = float(np.median(find))
+            thr = max(bank.edge, med + 0.5 * (float(find.max()) - med))
+            regions = top_regions(find, k=args.top_k_regions, threshold=thr, label="above normal range")
+        else:
+            regions = top_regions(find, k=1, rel_threshold=0.5, label="map peak (within normal range)")
+        safe_id = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_id)
+        lo_map = bank.calibrator.center - Z_EDGE * bank.calibrator.spread
+        if len(bank.indices) == 1:
+            lo_map = 0.0  # plain distances start at 0
+        map_path = write_map_png(amap, Path(ctx.out_dir) / f"patch_knn_{safe_id}.png", vmin=lo_map,
+                                 vmax=max(float(amap.max()), bank.edge + 0.5 * (bank.edge - lo_map)))
+        assert self.backbone is not None
+        lo, hi = min(bank.normal_scores), max(bank.normal_scores)
+        summary = self._summary(res, regions, above, img.width, img.height, lo, hi)
+        return PatchKnnOutput(
+            score=round(res.score, 4),
+            raw_score=round(res.raw_score, 4),
+            regions=regions,
+            summary=summary,
+            map_path=map_path,
+            image_id=image_id,
+            backbone=self.backbone.model_id,
+            n_references=bank.n_refs,
+            calibration=bank.calibration,
+            normal_range=(round(lo, 4), round(hi, 4)),
+            edge_of_normal=round(bank.edge, 4),
+        )
+
+    def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
+        bank = res.bank
+        units = "nearest-patch distance" if len(bank.indices) == 1 else "nearest-patch z-distance"
+        if res.raw_score > hi:
+            rel = f"above the references' range {lo:.3f} to {hi:.3f}"
+        elif res.raw_score < lo:
+            rel = f"below the references' range {lo:.3f} to {hi:.3f}"
+        else:
+            rel = f"within the references' range {lo:.3f} to {hi:.3f}"
+        text = (
+            f"patch_knn compared each patch with {bank.n_refs} normal reference(s) "
+            f"(calibrated by {bank.calibration}): anomaly score {res.score:.2f} "
+            f"(raw {units} {res.raw_score:.3f}, {rel}; 0.5 is reached at "
+            f"{bank.edge:.3f})."
+        )
+        if regions:
+            top = regions[0]
+            where = _position_words(top.bbox_xyxy, w, h)
+            if above:
+                more = f" {len(regions) - 1} further region(s) also exceed it." if len(regions) > 1 else ""
+                text += (
+                    f" The most anomalous region is at the {where} of the {w}x{h} image, box "
+                    f"{list(top.bbox_xyxy)} (peak {top.score:.3f}, beyond the normal edge).{more}"
+                )
+            else:
+                text += (
+                    f" No area exceeds the normal edge; the strongest response is at the {where}, "
+                    f"box {list(top.bbox_xyxy)} (peak {top.score:.3f})."
+                )
+        return text
+
+
+def check_config(cfg: PatchKnnConfig) -> PatchKnnConfig:
+    """Validate a config's enumerated fields; raises `ToolError` naming the valid choices."""
+    if cfg.augment not in AUGMENTS:
+        msg = f"augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}"
+        raise ToolError(msg)
+    views = cfg.layer_norm.split("+")
+    if not set(views) <= {"patch", "image", "none"} or len(set(views)) != len(views):
+        msg = f"layer_norm must be 'patch', 'image', 'none' or several joined by '+', got {cfg.layer_norm!r}"
+        raise ToolError(msg)
+    if cfg.grey_norm not in ("none", "standardise", "flatfield"):
+        msg = f"grey_norm must be 'none', 'standardise' or 'flatfield', got {cfg.grey_norm!r}"
+        raise ToolError(msg)
+    if cfg.scale_mode not in ("refs", "fit"):
+        msg = f"scale_mode must be 'refs' or 'fit', got {cfg.scale_mode!r}"
+        raise ToolError(msg)
+    return cfg

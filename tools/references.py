@@ -1,0 +1,63 @@
+"""Resolve a user's reference specification (folder, glob, or list of paths) to a sorted file list."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ReferenceSpecError(FileNotFoundError):
+    """No reference images match what the user gave; the message names it and the fix."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _expand_one(spec: str | Path) -> list[Path]:
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if _is_image(p))
+    if path.is_file():
+        return [path]
+    if glob.has_magic(text):
+        return sorted(p for p in (Path(m) for m in glob.glob(str(path), recursive=True)) if _is_image(p))
+    msg = f"reference path {text!r} does not exist. Fix: pass a folder of normal images, a glob or image files"
+    raise ReferenceSpecError(msg)
+
+
+def resolve_references(spec: str | Path | Iterable[str | Path] | None) -> list[Path]:
+    """Reference image files from a folder, a glob pattern, a file, or a list of those.
+
+    A folder contributes its image files (by suffix: png, jpg, jpeg, bmp, tif, tiff, webp; not
+    recursive); a glob contributes the image files it matches (``**`` recurses). The result is
+    sorted (per entry, entries in the given order) and de-duplicated.
+
+    Returns:
+        A non-empty list of paths ([] when `spec` is None).
+
+    Raises:
+        ReferenceSpecError: an entry does not exist, or nothing matches.
+    """
+    if spec is None:
+        return []
+    specs = [spec] if isinstance(spec, str | Path) else list(spec)
+    files: list[Path] = []
+    for entry in specs:
+        files.extend(_expand_one(entry))
+    files = list(dict.fromkeys(files))
+    if not files:
+        shown = ", ".join(str(s) for s in specs) or "(empty list)"
+        msg = (
+            f"no reference images found in {shown}. Fix: pass a folder holding image files "
+            f"({', '.join(IMAGE_SUFFIXES)}), a glob such as 'train/good/*.png', or image paths"
+        )
+        raise ReferenceSpecError(msg)
+    return files
