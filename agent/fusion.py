@@ -37,7 +37,7 @@ MODEL_WEIGHT_LOGPROBS = 1.0
 MODEL_WEIGHT_LABEL = 0.5
 LABEL_PROBABILITY = {"anomalous": 0.85, "normal": 0.15, "uncertain": 0.5}
 LOGIT_BOUND = math.log(0.99 / 0.01)  # L: a single source counts at most as much as p = 0.99
-_P_EPS = 1e-12
+_P_EPS = 1e-15  # near float64's resolution at 1: scores keep their order up to logit ~34
 
 
 def _logit(p: float) -> float:

@@ -463,8 +463,8 @@ class PatchKnn(Tool):
         lo, hi = min(bank.normal_scores), max(bank.normal_scores)
         summary = self._summary(res, regions, above, img.width, img.height, lo, hi)
         return PatchKnnOutput(
-            score=round(res.score, 4),
-            raw_score=round(res.raw_score, 4),
+            score=float(res.score),  # unrounded: rounding makes strong anomalies tie (AUROC needs the order)
+            raw_score=float(res.raw_score),
             regions=regions,
             summary=summary,
             map_path=map_path,
