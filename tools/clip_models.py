@@ -122,11 +122,10 @@ def clip_weights_status(settings: ToolSettings) -> tuple[bool, str]:
 
 
 def _device(settings: ToolSettings) -> str:
-    import torch
+    """The torch device string for `settings.device` ("auto" -> cuda when available)."""
+    from tools.backbones import resolve_device
 
-    if settings.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return settings.device
+    return str(resolve_device(settings.device))
 
 
 def load_clip(settings: ToolSettings) -> ClipBundle:
