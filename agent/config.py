@@ -89,6 +89,9 @@ class AgentConfig(BaseSettings):
 
     # tools and weights
     backbone: str = "efficientnet_lite0"
+    patch_position: bool = Field(
+        True, description="patch_knn's positional view (finds swapped or misplaced parts); turn it off "
+        "when the parts' position varies at random between normal images")
     clip_model: str = "ViT-B-16-plus-240"
     clip_pretrained: str = "laion400m_e32"
     sam_checkpoint: Path | None = None

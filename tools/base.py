@@ -31,6 +31,7 @@ class ToolSettings(BaseModel):
         weights_dir: folder searched first for weight files.
         allow_downloads: let torchvision/open_clip/HF fetch missing weights (off by default).
         backbone: patch-feature backbone name (see `tools.backbones`).
+        patch_position: patch_knn compares each patch with reference patches at the same place too.
         clip_model / clip_pretrained: open_clip architecture and pretrained tag or checkpoint path.
         sam_checkpoint / sam_model_type: segment-anything checkpoint file and registry key.
         out_dir: where tools write maps and masks (None: a temporary folder).
@@ -43,6 +44,7 @@ class ToolSettings(BaseModel):
     weights_dir: Path | None = None
     allow_downloads: bool = False
     backbone: str = "efficientnet_lite0"
+    patch_position: bool = True
     clip_model: str = "ViT-B-16-plus-240"
     clip_pretrained: str = "laion400m_e32"
     sam_checkpoint: Path | None = None

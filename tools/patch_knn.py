@@ -1,19 +1,22 @@
 """`patch_knn`: PatchCore-style few-shot anomaly scoring against the session's normal references.
 
 Method (each step measured with `evals/bench/tools.py`; the table is in the README):
-1. Greyscale images (R == G == B) are standardised to a common mean and contrast (`grey_norm`);
-   colour images are left alone. Each image is resized, keeping its aspect ratio, so its long side
+1. Greyscale images (R == G == B) are flat-fielded (divided by a heavily blurred copy, which
+   removes vignetting and slow illumination gradients) and standardised to a common mean and
+   contrast (`grey_norm`); colour images are left alone. Each image is resized, keeping its aspect ratio, so its long side
    is `resolution` (`scale_mode="fit"`; "refs" scales all by one factor from the references).
 2. Multi-layer backbone features (EfficientNet-Lite0 blocks 4 and 10, strides 8 and 16), each
-   averaged over a 3x3 neighbourhood and upsampled to the finest grid, form two feature views
-   (`layer_norm="patch+image"`): per-patch L2-normalised layers (texture detail) and per-image
-   scaled layers (keeps how much structure a patch has: objects, missing parts).
+   averaged over a 3x3 neighbourhood and upsampled to the finest grid, form three feature views
+   (`layer_norm="patch+image+pos"`): per-patch L2-normalised layers (texture detail), per-image
+   scaled layers (keeps how much structure a patch has: objects, missing parts), and the latter
+   with the patch's relative (x, y) position appended, times `pos_weight` (a part that is normal
+   in itself but in the wrong place: swapped or misplaced parts).
 3. Per view, a memory bank of all reference patches plus their 8 flipped/rotated copies
-   (`augment="d4"`), searched with a faiss flat L2 index: a patch's distance to its nearest
-   reference patch. The views' distance maps are standardised by the references' own scores in
-   that view and averaged.
-4. Image score = mean of the top 1% of patch scores, the outermost ring of cells left out (`topk`,
-   `border`). The map is the patch scores resized to the original HxW and slightly smoothed.
+   (`augment="d4"`; the positional view keeps the references as they are), searched with a faiss
+   flat L2 index: a patch's distance to its nearest reference patch. The views' distance maps are
+   standardised by the references' own scores in that view and averaged.
+4. Image score = mean of the top 1% of patch scores, the outer two rings of cells left out
+   (`topk`, `border`: border cells see the network's zero padding and the frame of the part). The map is the patch scores resized to the original HxW and slightly smoothed.
 5. Calibration (`tools.calibration.Calibrator`) on the references' own scores: leave-one-out for
    k >= 2, augmented copies (sub-stride shift + small rotation + brightness) of the single
    reference for k = 1. Regions: connected components of the map above both the references' "edge
@@ -44,6 +47,7 @@ from tools.maps import resize_map, top_regions, write_map_png
 from tools.registry import register
 
 AUGMENTS = ("none", "flips", "d4")
+GREY_NORMS = ("none", "standardise", "flatfield")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class PatchKnnConfig:
         layer_norm: how the layers are balanced before concatenating: "patch" (L2-normalise
             every patch vector per layer: fine texture detail counts fully), "image" (divide each
             layer by its mean patch norm in the image: keeps how much structure a patch has, which
-            matters for objects and missing parts) or "none". Several joined by "+" are separate
+            matters for objects and missing parts), "pos" (as "image", plus the patch's (x, y) as
+            fractions of the width and height, times `pos_weight`; its bank holds no flipped
+            copies) or "none". Several joined by "+" are separate
             feature views, each with its own bank; their distance maps are standardised by the
             references' leave-one-out scores of that view and averaged.
         augment: add flipped ("flips": h, v, hv) or all 8 dihedral ("d4") copies of each reference.
@@ -73,7 +79,11 @@ class PatchKnnConfig:
         grey_norm: for greyscale images only: "none", "standardise" (zero mean, unit std, mapped
             back to 128 +- 40) or "flatfield" (divide by a heavily blurred copy: removes slow
             illumination gradients, keeps local structure).
+        flat_scale: the flat-field background blur's sigma, as a fraction of the long side.
         border: feature cells at the image border left out of the image score (padding effects).
+        pos_weight: the "pos" view's weight on position (coordinates in 0..1); a part moved by a
+            tenth of the image costs `pos_weight / 10` in feature distance (each layer's patch
+            vectors have a mean norm of 1 in that view).
         max_loo: at most this many references are held out for leave-one-out calibration
             (evenly spaced; LOO costs one bank search per held-out reference).
     """
@@ -84,15 +94,17 @@ class PatchKnnConfig:
     scale_mode: str = "fit"
     square: bool = False
     pool: int = 3
-    layer_norm: str = "patch+image"
+    layer_norm: str = "patch+image+pos"
     augment: str = "d4"
     topk: float = 0.01
     blur_sigma: float = 0.5
     max_side: int = 1024
     max_loo: int = 8
     deep_weight: float = 1.0
-    grey_norm: str = "standardise"
-    border: int = 1
+    grey_norm: str = "flatfield"
+    flat_scale: float = 0.125
+    border: int = 2
+    pos_weight: float = 8.0
 
     def key(self) -> str:
         return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
@@ -148,15 +160,31 @@ def is_grey(pixels: np.ndarray) -> bool:
     return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
-def normalise_grey(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """Intensity normalisation of a greyscale HxWx3 uint8 image (colour images pass unchanged)."""
+def flat_background(grey: np.ndarray, scale: float, side: int = 64) -> np.ndarray:
+    """HxW float32 illumination estimate (+1): a Gaussian blur with sigma = `scale` x the long side.
+
+    Computed on a copy whose long side is `side` pixels and resized back: the blur keeps nothing
+    finer than that, and the cost no longer grows with the image (a 1024 px image took 0.5 s).
+    """
+    h, w = grey.shape
+    f = min(1.0, side / max(h, w))
+    small = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape) * scale)
+    return cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR) + 1.0
+
+
+def normalise_grey(pixels: np.ndarray, mode: str, flat_scale: float = 0.125) -> np.ndarray:
+    """Intensity normalisation of a greyscale HxWx3 uint8 image (colour images pass unchanged).
+
+    "standardise": zero mean, unit std, mapped back to 128 +- 40. "flatfield": first divide by a
+    Gaussian-blurred copy (sigma = `flat_scale` x the long side), which removes slow illumination
+    gradients and vignetting and keeps local structure, then standardise.
+    """
     if mode == "none" or not is_grey(pixels):
         return pixels
     g = pixels[..., 0].astype(np.float32)
     if mode == "flatfield":
-        sigma = max(g.shape) / 8.0
-        background = cv2.GaussianBlur(g, (0, 0), sigmaX=sigma) + 1.0
-        g = g / background * float(g.mean())
+        g = g / flat_background(g, flat_scale) * float(g.mean())
     g = (g - g.mean()) / max(float(g.std()), 1.0) * 40.0 + 128.0
     grey = np.clip(g, 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
@@ -174,7 +202,7 @@ def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, i
     Returns:
         One gh x gw x C float32 array per view of `cfg.layer_norm` (gh = h / finest stride).
     """
-    x = backbone.to_tensor(normalise_grey(pixels, cfg.grey_norm), size_hw)
+    x = backbone.to_tensor(normalise_grey(pixels, cfg.grey_norm, cfg.flat_scale), size_hw)
     maps = backbone.feature_maps(x, cfg.layers or backbone.layers)
     target = maps[0].shape[-2:]
     pooled = []
@@ -190,14 +218,24 @@ def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, i
         for i, fmap in enumerate(pooled):
             if view == "patch":
                 fmap = F.normalize(fmap, dim=1)
-            elif view == "image":
+            elif view in ("image", "pos"):
                 fmap = fmap / fmap.norm(dim=1).mean().clamp_min(1e-6)
             if i > 0 and cfg.deep_weight != 1.0:
                 fmap = fmap * cfg.deep_weight
             parts.append(fmap)
+        if view == "pos":
+            parts.append(cfg.pos_weight * _coordinates(pooled[0]))
         feats = torch.cat(parts, dim=1)[0].permute(1, 2, 0)
         views.append(np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32))
     return views
+
+
+def _coordinates(fmap: torch.Tensor) -> torch.Tensor:
+    """1x2xhxw tensor: each cell centre's (x, y) as a fraction of the grid's width and height."""
+    h, w = fmap.shape[-2:]
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)])[None]
 
 
 def image_score(patch_map: np.ndarray, topk: float, border: int = 0) -> float:
@@ -331,13 +369,17 @@ class PatchKnn(Tool):
         import faiss
 
         faiss.omp_set_num_threads(max(1, ctx.settings.threads or torch.get_num_threads()))
+        views = self.config.layer_norm.split("+")
+        if not ctx.settings.patch_position and "pos" in views and len(views) > 1:
+            self.config = dataclasses.replace(self.config, layer_norm="+".join(v for v in views if v != "pos"))
         self.backbone = get_backbone(self.config.backbone or ctx.settings.backbone, ctx.settings)
 
     # -- features and bank ------------------------------------------------------------------
     def _features(self, ctx: ToolContext, pixels: np.ndarray, digest: str, size_hw, tag: str) -> list[np.ndarray]:
         assert self.backbone is not None
         cfg = self.config
-        feat_cfg = (cfg.layers, cfg.pool, cfg.layer_norm, cfg.deep_weight, cfg.grey_norm)
+        feat_cfg = (cfg.layers, cfg.pool, cfg.layer_norm, cfg.deep_weight, cfg.grey_norm, cfg.flat_scale,
+                    cfg.pos_weight)
         key = ("patch_knn:feat", self.backbone.model_id, feat_cfg, digest, tuple(size_hw), tag)
         feats = ctx.cache.get(key)
         if feats is None:
@@ -362,7 +404,8 @@ class PatchKnn(Tool):
         cfg = self.config
         assert self.backbone is not None
         long_side = float(np.median([max(r.height, r.width) for r in refs]))
-        n_views = len(cfg.layer_norm.split("+"))
+        views = cfg.layer_norm.split("+")
+        n_views = len(views)
         per_ref: list[list[np.ndarray]] = []  # [ref][view] -> (n, C) vectors incl. augmented copies
         plain: list[list[np.ndarray]] = []  # [ref][view] -> gh x gw x C of the reference itself
         for ref in refs:
@@ -373,7 +416,8 @@ class PatchKnn(Tool):
                 if a == 0:
                     plain.append(feats)
                 for v, f in enumerate(feats):
-                    vecs[v].append(f.reshape(-1, f.shape[-1]))
+                    if a == 0 or views[v] != "pos":  # positions of a flipped copy mean nothing
+                        vecs[v].append(f.reshape(-1, f.shape[-1]))
             per_ref.append([np.concatenate(x) for x in vecs])
         stride = min(self.backbone.taps[name][0] for name in (cfg.layers or self.backbone.layers))
         indices = [_flat_index(np.concatenate([r[v] for r in per_ref])) for v in range(n_views)]
@@ -514,11 +558,11 @@ def check_config(cfg: PatchKnnConfig) -> PatchKnnConfig:
         msg = f"augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}"
         raise ToolError(msg)
     views = cfg.layer_norm.split("+")
-    if not set(views) <= {"patch", "image", "none"} or len(set(views)) != len(views):
+    if not set(views) <= {"patch", "image", "none", "pos"} or len(set(views)) != len(views):
         msg = f"layer_norm must be 'patch', 'image', 'none' or several joined by '+', got {cfg.layer_norm!r}"
         raise ToolError(msg)
-    if cfg.grey_norm not in ("none", "standardise", "flatfield"):
-        msg = f"grey_norm must be 'none', 'standardise' or 'flatfield', got {cfg.grey_norm!r}"
+    if cfg.grey_norm not in GREY_NORMS:
+        msg = f"grey_norm must be one of {', '.join(GREY_NORMS)}, got {cfg.grey_norm!r}"
         raise ToolError(msg)
     if cfg.scale_mode not in ("refs", "fit"):
         msg = f"scale_mode must be 'refs' or 'fit', got {cfg.scale_mode!r}"

@@ -9,7 +9,7 @@ import pytest
 from tools.base import ToolContext, ToolError, ToolSettings
 from tools.images import ImageStore
 from tools.maps import box_iou
-from tools.patch_knn import PatchKnn, PatchKnnConfig, image_score, working_size
+from tools.patch_knn import PatchKnn, PatchKnnConfig, image_score, normalise_grey, working_size
 from tools.registry import create_tool
 
 H, W = 144, 176  # not square, not a multiple of 32: the map must still come back at HxW
@@ -122,3 +122,61 @@ def test_helpers():
         PatchKnn(PatchKnnConfig(layer_norm="patch+bogus"))
     with pytest.raises(ToolError, match="augment"):
         PatchKnn(PatchKnnConfig(augment="rot7"))
+
+
+def arrangement(seed: int, swapped: bool = False) -> np.ndarray:
+    """A red disc left of a blue square on a noisy grey board (jittered by a few pixels), HxWx3.
+
+    `swapped`: the two parts trade places.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(150, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+    parts = [("disc", (220, 40, 40)), ("square", (40, 60, 220))]
+    for (kind, colour), x in zip(parts[::-1] if swapped else parts, (48, 128), strict=True):
+        dx, dy = rng.integers(-3, 4, 2)
+        cx, cy = int(x + dx), int(72 + dy)
+        if kind == "disc":
+            cv2.circle(img, (cx, cy), 18, colour, -1)
+        else:
+            cv2.rectangle(img, (cx - 18, cy - 18), (cx + 18, cy + 18), colour, -1)
+    return img
+
+
+def test_positional_view_flags_swapped_parts(tmp_path):
+    """Every patch of a swapped arrangement occurs in the references, only at the wrong place."""
+    store = ImageStore()
+    refs = [store.add_array(arrangement(s), f"ref {s}", image_id=f"ref{s}") for s in range(4)]
+    store.add_array(arrangement(100, swapped=True), "swapped", image_id="swapped")
+    store.add_array(arrangement(101), "clean", image_id="clean")
+    ctx = ToolContext(store, query_id="swapped", reference_ids=refs,
+                      settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    tool = PatchKnn()
+    assert "pos" in tool.config.layer_norm.split("+")
+    swapped, clean = tool.run({}, ctx), tool.run({"image_id": "clean"}, ctx)
+    assert swapped.score > 0.5 > clean.score
+    assert max(box_iou(swapped.regions[0].bbox_xyxy, box) for box in ((30, 54, 66, 90), (110, 54, 146, 90))) > 0.2
+    # the positional bank holds the references themselves only, not their flipped copies
+    bank = tool.reference_bank(ctx)
+    views = tool.config.layer_norm.split("+")
+    n_pos = bank.indices[views.index("pos")].ntotal
+    assert bank.indices[views.index("patch")].ntotal == 8 * n_pos
+    # without it (setting patch_position off), a swap looks normal patch by patch
+    ctx.settings = ToolSettings(device="cpu", out_dir=tmp_path, patch_position=False)
+    plain = PatchKnn()
+    assert plain.run({}, ctx).score < 0.5
+    assert plain.config.layer_norm == "patch+image" and len(plain.reference_bank(ctx).indices) == 2
+
+
+def test_flatfield_removes_an_illumination_ramp():
+    ramp = np.linspace(60, 200, W, dtype=np.float32)[None, :].repeat(H, 0)
+    img = texture(3)[..., 0].astype(np.float32) - 128 + ramp
+    grey = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    left, right = slice(40, 70), slice(W - 70, W - 40)  # away from the edges, where the blur reflects
+    flat = normalise_grey(grey, "flatfield")[..., 0].astype(np.float32)
+    std = normalise_grey(grey, "standardise")[..., 0].astype(np.float32)
+    assert abs(std[:, right].mean() - std[:, left].mean()) > 40  # standardising keeps the ramp
+    assert abs(flat[:, right].mean() - flat[:, left].mean()) < 5
+    assert flat.std() > 20  # the texture stays
+    colour = texture(3).copy()
+    colour[..., 0] = 0
+    assert np.array_equal(normalise_grey(colour, "flatfield"), colour)  # colour images pass unchanged
