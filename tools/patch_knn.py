@@ -172,7 +172,7 @@ def flat_background(grey: np.ndarray, scale: float, side: int = 64) -> np.ndarra
     f = min(1.0, side / max(h, w))
     small = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     blurred = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape) * scale)
-    return cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR) + 1.0
+    return resize_map(blurred, (h, w)) + 1.0
 
 
 def normalise_grey(pixels: np.ndarray, mode: str, flat_scale: float = 0.125) -> np.ndarray:
