@@ -102,14 +102,29 @@ def normalise_map(amap: np.ndarray, vmin: float | None = None, vmax: float | Non
     return np.clip((amap - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def float_map_path(png_path: str | Path) -> Path:
+    """Where `write_map_png` puts the raw float map of a display PNG: ``<same stem>.npy``."""
+    return Path(png_path).with_suffix(".npy")
+
+
 def write_map_png(amap: np.ndarray, path: str | Path, vmin: float | None = None, vmax: float | None = None) -> str:
-    """Write a map as an 8-bit grey PNG (0..255, scaled by vmin/vmax or its own range). Returns the path."""
+    """Write a map for people and for metrics: an 8-bit grey display PNG and the raw float map.
+
+    The PNG is scaled to 0..255 by vmin/vmax (give a fixed scale, e.g. from the references'
+    calibration, so that maps of one category compare by eye) or else by its own range. The raw map,
+    HxW float32 in the tool's units (NaN outside a crop's footprint), goes to ``<stem>.npy`` beside it
+    (`float_map_path`); pixel metrics read that one, never the rescaled PNG.
+
+    Returns:
+        The PNG's path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grey = np.rint(normalise_map(amap, vmin, vmax) * 255.0).astype(np.uint8)
     if not cv2.imwrite(str(path), grey):
         msg = f"could not write map PNG to {path}"
         raise OSError(msg)
+    np.save(float_map_path(path), np.asarray(amap, dtype=np.float32))
     return str(path)
 
 

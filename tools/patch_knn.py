@@ -503,8 +503,9 @@ class PatchKnn(Tool):
         lo_map = bank.calibrator.center - Z_EDGE * bank.calibrator.spread
         if len(bank.indices) == 1:
             lo_map = 0.0  # plain distances start at 0
+        # one display scale per reference bank (category), from its calibration; raw floats go to .npy
         map_path = write_map_png(amap, Path(ctx.out_dir) / f"patch_knn_{safe_id}.png", vmin=lo_map,
-                                 vmax=max(float(amap.max()), bank.edge + 0.5 * (bank.edge - lo_map)))
+                                 vmax=bank.edge + 0.5 * (bank.edge - lo_map))
         assert self.backbone is not None
         lo, hi = min(bank.normal_scores), max(bank.normal_scores)
         summary = self._summary(res, regions, above, img.width, img.height, lo, hi)
