@@ -1,8 +1,9 @@
 """Anomaly-detection metrics: image level, pixel level, and the mean over categories.
 
-Image level (`image_metrics`): AUROC, AUPR (average precision), F1-max over thresholds, the trivial
-flag-everything F1 beside it, and accuracy / balanced accuracy / precision / recall at the verdict's
-own labels. Pixel level (`pixel_metrics`): pixel AUROC and AUPRO (per-region overlap integrated up
+Image level (`image_metrics`): AUROC, AUPR (average precision), F1-max over thresholds (all three
+from scikit-learn's curves in `image_curve_metrics`, the only implementation), the
+trivial flag-everything F1 beside it, and accuracy / balanced accuracy / precision / recall at the
+verdict's own labels. Bootstrap intervals and operating points are in `evals.uncertainty`. Pixel level (`pixel_metrics`): pixel AUROC and AUPRO (per-region overlap integrated up
 to an FPR limit, normalised by that limit as in MVTec AD's evaluation). `aggregate` adds the mean row.
 
 Labels: 1 / True / "anomalous" is the positive class, 0 / False / "normal" the negative one.
@@ -92,44 +93,42 @@ def _as_scores(values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
     return arr
 
 
-def _threshold_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """TP and FP counts when flagging score >= t, for every distinct score t, highest t first.
+def image_curve_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image AUROC, AUPR and F1-max from scikit-learn's ROC and precision-recall curves.
+
+    The one implementation of the image-level metrics (reports, the progress bar and the bootstrap
+    all come here). AUROC is the trapezoid area under `roc_curve` (as `roc_auc_score`), AUPR is the
+    average precision sum_k (R_k - R_{k-1}) P_k over `precision_recall_curve` (as
+    `average_precision_score`), F1-max the best F1 on that curve (flagging score >= threshold).
+
+    Args:
+        labels: (N,) bool or 0/1 with both classes present.
+        scores: (N,) finite floats, higher = more anomalous.
 
     Returns:
-        (thresholds, tp, fp): (T,) arrays, thresholds descending, counts cumulative.
+        {"auroc", "aupr", "f1_max", "f1_max_threshold"}.
     """
-    order = np.argsort(-scores)  # ties are grouped below, so the sort need not be stable
-    s = scores[order]
-    y = labels[order].astype(np.int64)
-    # last index of each run of equal scores
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
-    return s[last], tp, fp
+    from sklearn.metrics import precision_recall_curve, roc_curve
 
-
-def _binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    _, tp, fp = _threshold_counts(labels, scores)
-    tpr = np.r_[0.0, tp / tp[-1]]
-    fpr = np.r_[0.0, fp / fp[-1]]
-    return float(np.trapezoid(tpr, fpr))
-
-
-def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition)."""
-    _, tp, fp = _threshold_counts(labels, scores)
-    precision = tp / (tp + fp)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """Best F1 over thresholds (flag score >= t) and the threshold that reaches it."""
-    thresholds, tp, fp = _threshold_counts(labels, scores)
-    n_pos = tp[-1]
-    f1 = 2 * tp / (tp + fp + n_pos)
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    fpr, tpr, _ = roc_curve(y, s)
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    p, r = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
     best = int(np.argmax(f1))
-    return float(f1[best]), float(thresholds[best])
+    return {
+        "auroc": float(np.trapezoid(tpr, fpr)),
+        "aupr": float(-np.sum(np.diff(recall) * p)),
+        "f1_max": float(f1[best]),
+        "f1_max_threshold": float(thresholds[best]),
+    }
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Image AUROC (see `image_curve_metrics`); labels (N,) with both classes, scores (N,) floats."""
+    return image_curve_metrics(labels, scores)["auroc"]
 
 
 def image_metrics(
@@ -160,14 +159,18 @@ def image_metrics(
     out: dict[str, Any] = {"n": int(y.size), "n_anomalous": n_pos, "n_normal": n_neg}
     notes: list[str] = []
 
-    if n_pos and n_neg:
-        out["auroc"] = _binary_auroc(y, s)
-        out["aupr"] = _average_precision(y, s)
+    curves = image_curve_metrics(y, s) if n_pos and n_neg else None
+    if curves is not None:
+        out["auroc"] = curves["auroc"]
+        out["aupr"] = curves["aupr"]
     else:
         out["auroc"] = out["aupr"] = None
         notes.append(f"auroc/aupr undefined: only one class ({n_pos} anomalous, {n_neg} normal)")
+    if curves is not None:
+        out["f1_max"], out["f1_max_threshold"] = curves["f1_max"], curves["f1_max_threshold"]
+    elif n_pos:  # every item is anomalous: flagging everything is the best (F1 1)
+        out["f1_max"], out["f1_max_threshold"] = 1.0, float(s.min())
     if n_pos:
-        out["f1_max"], out["f1_max_threshold"] = _f1_max(y, s)
         precision_all = n_pos / y.size
         out["f1_flag_all"] = 2 * precision_all / (1 + precision_all)
     else:
