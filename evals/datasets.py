@@ -11,7 +11,12 @@ Layouts (`LAYOUTS`; `detect_layout` picks one, `--layout` forces it):
 - ``visa``: VisA as downloaded, split by its ``split_csv/1cls.csv`` (columns object, split, label,
   image, mask; label "normal" or "anomaly").
 - ``csv``: a CSV list with columns ``path, label`` and optionally ``category, mask, split,
-  defect_type`` (paths relative to the CSV's folder; ``split=train`` normal rows become references).
+  defect_type, fold`` (paths relative to the CSV's folder; ``split=train`` normal rows become references).
+
+Folds: a ``fold`` column (e.g. ``dev`` / ``test``) splits the test images so that settings are chosen on
+one part and reported on the other. The ``csv`` layout reads it from its list; a folder tree reads it
+from an ``index.csv`` beside the category folders (same columns) when there is one. `load_dataset(...,
+fold="dev")` keeps only the test images of that fold (the references are unchanged).
 
 A root may also be one category folder (it has ``test/``); its name is the category.
 The test folder named ``good`` holds normal images; every other test folder holds anomalies.
@@ -20,6 +25,7 @@ The test folder named ``good`` holds normal images; every other test folder hold
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,6 +58,7 @@ class Sample:
         defect_type: the test folder's name ("good" for normal images).
         mask_path: ground-truth mask, a 0/255 (or 0/k) PNG at the image's size, or a folder of such
             masks merged by union (MVTec LOCO); None when there is none (normal images, or no masks).
+        fold: the image's fold ("dev", "test", ...) from a ``fold`` column; None when not given.
     """
 
     path: str
@@ -59,6 +66,7 @@ class Sample:
     label: int
     defect_type: str
     mask_path: str | None = None
+    fold: str | None = None
 
 
 @dataclass
@@ -213,8 +221,61 @@ def _load_csv(csv_path: Path) -> list[Category]:
                 continue
             mask = _resolve(base, row["mask"]) if row.get("mask") else None
             dtype = row.get("defect_type") or ("good" if label == 0 else "anomalous")
-            cat.test.append(Sample(path, cat_name, label, dtype, mask))
+            cat.test.append(Sample(path, cat_name, label, dtype, mask, row.get("fold") or None))
     return list(cats.values())
+
+
+def read_folds(csv_path: Path) -> dict[str, str]:
+    """Resolved image path -> fold, from a CSV list's ``path`` and ``fold`` columns ({} without them)."""
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = {f.strip().lower(): f for f in reader.fieldnames or []}
+        if "path" not in fields or "fold" not in fields:
+            return {}
+        return {
+            _resolve(csv_path.parent, row[fields["path"]].strip()): row[fields["fold"]].strip()
+            for row in reader
+            if (row.get(fields["fold"]) or "").strip()
+        }
+
+
+def _tree_folds(root: Path, cats: list[Category]) -> list[Category]:
+    """Attach folds from an ``index.csv`` beside the category folders (root, or its parent for one category)."""
+    for where in (root, root.parent):
+        index = where / "index.csv"
+        if index.is_file():
+            folds = read_folds(index)
+            if folds:
+                for cat in cats:
+                    cat.test = [
+                        dataclasses.replace(s, fold=folds.get(str(Path(s.path).resolve()))) for s in cat.test
+                    ]
+            break
+    return cats
+
+
+def select_fold(cats: list[Category], fold: str, source: str) -> list[Category]:
+    """Keep only the test samples of `fold`; categories left without test images are dropped.
+
+    Raises:
+        DatasetError: no sample has a fold, or none has this one (the message lists those found).
+    """
+    found = sorted({s.fold for c in cats for s in c.test if s.fold})
+    if not found:
+        msg = (
+            f"--fold {fold}: {source} has no fold column. Fix: add a 'fold' column to its CSV list "
+            "(or an index.csv beside the category folders), or leave out --fold"
+        )
+        raise DatasetError(msg)
+    if fold not in found:
+        msg = f"--fold {fold}: no test image of {source} is in fold {fold!r}. Fix: use one of {', '.join(found)}"
+        raise DatasetError(msg)
+    out = []
+    for cat in cats:
+        test = [s for s in cat.test if s.fold == fold]
+        if test:
+            out.append(Category(name=cat.name, train_good=cat.train_good, test=test))
+    return out
 
 
 def _load_visa(root: Path) -> list[Category]:
@@ -311,6 +372,7 @@ def load_dataset(
     layout: str = "auto",
     categories: Iterable[str] | None = None,
     check: bool = True,
+    fold: str | None = None,
 ) -> list[Category]:
     """Load a dataset's categories.
 
@@ -320,6 +382,7 @@ def load_dataset(
         layout: one of `LAYOUTS`; "auto" detects it.
         categories: keep only these (None: all), in the order given.
         check: verify masks against image sizes (header reads only).
+        fold: keep only the test images of this fold (see the module docstring); None: all.
 
     Returns:
         Categories sorted by name (or in the order of `categories`), each with >= 1 test image.
@@ -351,7 +414,9 @@ def load_dataset(
         if not dirs:
             msg = f"no category folders with a test/ subfolder under {root}. Fix: check the path or --layout"
             raise DatasetError(msg)
-        cats = [_load_tree(d, layout) for d in dirs]
+        cats = _tree_folds(root, [_load_tree(d, layout) for d in dirs])
+    if fold is not None:
+        cats = select_fold(cats, fold, str(root))
     by_name = {c.name: c for c in cats}
     if categories:
         wanted = list(dict.fromkeys(categories))
