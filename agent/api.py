@@ -6,7 +6,7 @@
     print(verdict.pred_label, verdict.pred_score, verdict.explanation)
 
 `detect` never raises for a bad item: it returns a `Verdict` with `status="error"`, the reason, and
-`error_kind` ("input", "model" or "internal"), so batches record failures and go on.
+`error_kind` ("input", "model", "timeout" or "internal"), so batches record failures and go on.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def error_verdict(image: str | None, category: str | None, exc: BaseException) -
         return Verdict.failed(image, str(exc), category, kind="input")
     if isinstance(exc, ModelServerError):
         return Verdict.failed(image, str(exc), category, kind="model")
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError too
+        return Verdict.failed(image, f"timed out: {exc}", category, kind="timeout")
     log.error("internal error while judging %s", image, exc_info=exc)
     return Verdict.failed(image, f"internal error: {type(exc).__name__}: {exc}", category, kind="internal")
 

@@ -89,8 +89,8 @@ class Verdict(BaseModel):
         usage / timings: consumption and wall times in ms per stage.
         budget_exhausted: the loop stopped on its budget and decided with what it had.
         status / error: "ok", or "error" with the reason (a batch never drops an item silently).
-        error_kind: "input" (bad image/config, exit 2), "model" (model/server failure, exit 3) or
-            "internal" (a bug).
+        error_kind: "input" (bad image/config, exit 2), "model" (model/server failure, exit 3),
+            "timeout" (the item ran past its time limit, exit 3) or "internal" (a bug, exit 4).
     """
 
     image: str | None = None
@@ -110,7 +110,7 @@ class Verdict(BaseModel):
     budget_exhausted: bool = False
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
-    error_kind: Literal["input", "model", "internal"] | None = None
+    error_kind: Literal["input", "model", "timeout", "internal"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Verdict:
@@ -128,6 +128,6 @@ class Verdict(BaseModel):
 
     @classmethod
     def failed(cls, image: str | None, error: str, category: str | None = None,
-               kind: Literal["input", "model", "internal"] = "input") -> Verdict:
+               kind: Literal["input", "model", "timeout", "internal"] = "input") -> Verdict:
         """An error record for an item that could not be judged."""
         return cls(image=image, category=category, status="error", error=error, error_kind=kind)

@@ -23,11 +23,12 @@ from evals.datasets import load_mask
 from evals.results import iter_records, read_record_at, record_key
 from evals.scoring import compute_metrics, record_map_path, slim_record
 
-# (key, column title) of the table columns
+# (key, column title) of the table columns; AUROC, AUPR and F1-max carry their 95% interval
 COLUMNS = (
-    ("auroc", "AUROC"),
-    ("aupr", "AUPR"),
-    ("f1_max", "F1-max"),
+    ("auroc", "AUROC [95% CI]"),
+    ("auroc_strict", "AUROC strict"),
+    ("aupr", "AUPR [95% CI]"),
+    ("f1_max", "F1-max [95% CI]"),
     ("f1_flag_all", "F1 all"),
     ("accuracy", "Acc"),
     ("balanced_accuracy", "BalAcc"),
@@ -36,6 +37,7 @@ COLUMNS = (
     ("pixel_auroc", "P-AUROC"),
     ("aupro", "AUPRO"),
 )
+INTERVAL_METRICS = ("auroc", "aupr", "f1_max")
 OVERLAY_SIDE = 384
 MEAN = "mean"
 
@@ -98,6 +100,32 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A metric's cell: its value, and its 95% interval for the bootstrapped metrics."""
+    text = _fmt(row.get(key))
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if key in INTERVAL_METRICS and lo is not None and hi is not None and row.get(key) is not None:
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def coverage_cell(row: dict[str, Any]) -> str:
+    """``ok/total`` of a row (the items its metrics rest on, out of those planned)."""
+    if row.get("n_total") is None:  # a metrics.json written before coverage existed
+        n, err = row.get("n") or 0, row.get("n_errors") or 0
+        return f"{n}/{n + err}"
+    return f"{row.get('n_ok', 0)}/{row['n_total']}"
+
+
+def exceeds_intervals(a: dict[str, Any], b: dict[str, Any], key: str) -> bool | None:
+    """Whether two runs' values of `key` differ by more than their 95% intervals (the intervals do not
+    overlap); None when either interval is missing."""
+    lo_a, hi_a, lo_b, hi_b = (r.get(f"{key}_{e}") for r in (a, b) for e in ("lo", "hi"))
+    if None in (lo_a, hi_a, lo_b, hi_b):
+        return None
+    return hi_a < lo_b or hi_b < lo_a
+
+
 def _delta(value: Any, base: Any) -> str:
     if not isinstance(value, int | float) or not isinstance(base, int | float):
         return ""
@@ -127,7 +155,7 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table; with several runs, each later run's cells carry the
     delta to the first run ("0.912 (+0.034)")."""
     cols = _columns(runs)
-    header = ["category", "run", "n", "errors", *[t for _, t in cols]]
+    header = ["category", "run", "ok/total", *[t for _, t in cols]]
     rows = []
     base = runs[0]
     for cat in _row_names(runs):
@@ -136,11 +164,13 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
             if row is None:
                 continue
             brow = base.row(cat) if i > 0 else None
-            cells = [cat, run.name, _fmt(row.get("n")), _fmt(row.get("n_errors", 0))]
+            cells = [cat, run.name, coverage_cell(row)]
             for key, _ in cols:
-                cell = _fmt(row.get(key))
+                cell = _cell(row, key)
                 if brow is not None:
                     d = _delta(row.get(key), brow.get(key))
+                    if d and exceeds_intervals(row, brow, key):
+                        d += " *"
                     cell = f"{cell} ({d})" if d else cell
                 cells.append(cell)
             rows.append(cells)
@@ -150,12 +180,79 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown_table(runs: list[Run]) -> str:
-    """The summary table in GitHub markdown."""
-    header, rows = table_rows(runs)
+def _md(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """The summary table in GitHub markdown."""
+    return _md(*table_rows(runs))
+
+
+OP_FIELDS = ("threshold", "precision", "recall", "fpr", "f1")
+
+
+def operating_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """Operating points: per category (and per defect type below it), at the verdicts' threshold and
+    at the normal-only threshold (the references' leave-one-out scores at the target FPR)."""
+    target = run.metrics.get("target_fpr")
+    nfpr = f"normal-only @FPR {target:g}" if target is not None else "normal-only"
+    header = ["category", "defect type", "ok/total",
+              *[f"verdict {f}" for f in OP_FIELDS], *[f"{nfpr} {f}" for f in OP_FIELDS]]
+    rows = []
+    for cat in [*run.categories, MEAN]:
+        row = run.row(cat) or {}
+        op, nop = row.get("operating_point") or {}, row.get("operating_point_normal_only") or {}
+        if not op:
+            continue
+        rows.append([cat, "all", coverage_cell(row), *[_fmt(op.get(f)) for f in OP_FIELDS],
+                     *[_fmt(nop.get(f)) for f in OP_FIELDS]])
+        for dtype, dop in (op.get("per_defect_type") or {}).items():
+            dnop = (nop.get("per_defect_type") or {}).get(dtype, {})
+            rows.append([cat, dtype, "", "", *[_fmt(dop.get(f)) for f in OP_FIELDS[1:]],
+                         _fmt(nop.get("threshold")) if dnop else "-", *[_fmt(dnop.get(f)) for f in OP_FIELDS[1:]]])
+    return header, rows
+
+
+def compare_lines(runs: list[Run]) -> list[str]:
+    """Per category and bootstrapped metric, whether each later run's difference to the first exceeds
+    the 95% intervals (they do not overlap) or lies within them."""
+    lines = []
+    base = runs[0]
+    for run in runs[1:]:
+        for cat in _row_names([base, run]):
+            a, b = base.row(cat), run.row(cat)
+            if a is None or b is None:
+                continue
+            for key in INTERVAL_METRICS:
+                if a.get(key) is None or b.get(key) is None:
+                    continue
+                verdict = exceeds_intervals(b, a, key)
+                words = {True: "exceeds the 95% intervals", False: "is within the 95% intervals",
+                         None: "has no intervals to judge it by"}[verdict]
+                lines.append(f"{cat} {key}: {run.name} {b[key]:.3f} vs {base.name} {a[key]:.3f} "
+                             f"({b[key] - a[key]:+.3f}) {words}")
+    return lines
+
+
+def markdown_report(runs: list[Run]) -> str:
+    """report.md: the summary table, the operating points and (with several runs) the comparison."""
+    base = runs[0]
+    boot = base.metrics.get("bootstrap") or {}
+    text = f"# {base.name}\n\n" + markdown_table(runs)
+    text += (f"\nok/total: items judged / items planned (coverage). AUROC strict counts a failed item as the "
+             f"worst case for its label. Intervals: {boot.get('confidence', 0.95):.0%} bootstrap, "
+             f"{boot.get('n_boot', '-')} replicates, seed {boot.get('seed', '-')}, images resampled within each label.\n")
+    if len(runs) > 1:
+        text += "\n`*`: the difference to the first run exceeds both runs' 95% intervals (they do not overlap).\n"
+    header, rows = operating_rows(base)
+    if rows:
+        text += "\n## Operating points\n\n" + _md(header, rows)
+    if len(runs) > 1:
+        text += "\n## Comparison\n\n" + "".join(f"- {line}\n" for line in compare_lines(runs))
+    return text
 
 
 def terminal_table(runs: list[Run]):
@@ -203,7 +300,9 @@ def roc_plot(runs: list[Run], category: str, out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
+
+    from evals.metrics import image_auroc
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=90)
     drew = False
@@ -214,7 +313,7 @@ def roc_plot(runs: list[Run], category: str, out: Path) -> Path | None:
             continue
         s = [r["pred_score"] for r in recs]
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{run.name} ({roc_auc_score(y, s):.3f})")
+        ax.plot(fpr, tpr, label=f"{run.name} ({image_auroc(y, s):.3f})")
         drew = True
     if not drew:
         plt.close(fig)
@@ -338,7 +437,8 @@ def write_report(run_dir: str | Path, compare: list[str | Path] | None = None, t
     base = load_run(run_dir)
     runs = [base, *[load_run(c) for c in compare or []]]
     header, rows = table_rows(runs)
-    (base.root / "report.md").write_text(f"# {base.name}\n\n" + markdown_table(runs))
+    (base.root / "report.md").write_text(markdown_report(runs))
+    op_header, op_rows = operating_rows(base)
     sections = []
     for cat in base.categories:
         roc = roc_plot(runs, cat, base.root / "plots" / f"roc_{cat}.png")
@@ -347,6 +447,7 @@ def write_report(run_dir: str | Path, compare: list[str | Path] | None = None, t
             {
                 "name": cat,
                 "metrics": base.row(cat),
+                "coverage": coverage_cell(base.row(cat) or {}),
                 "std": base.metrics.get("std", {}).get(cat, {}),
                 "roc": roc.relative_to(base.root).as_posix() if roc else None,
                 "fps": [_case(base, r, "fp") for r in fps],
@@ -368,7 +469,12 @@ def write_report(run_dir: str | Path, compare: list[str | Path] | None = None, t
         columns=[k for k, _ in COLUMNS],
         sections=sections,
         fmt=_fmt,
+        cell=_cell,
         notes=base.metrics.get("mean", {}).get("notes", []),
+        op_header=op_header,
+        op_rows=op_rows,
+        compare=compare_lines(runs),
+        target_fpr=base.metrics.get("target_fpr"),
     )
     out = base.root / "report.html"
     out.write_text(html)

@@ -38,8 +38,10 @@ from evals.datasets import (
     select_anomaly_shots,
     select_references,
 )
+from evals.metrics import image_auroc
 from evals.results import ResultsLog, latest_records, record_key
-from evals.scoring import compute_metrics
+from evals.runlock import RunDirLock
+from evals.scoring import REFERENCE_SCORES, compute_metrics, float_map_path
 
 log_warning = logging.getLogger(__name__).warning
 # Settings that do not change verdicts: left out of the config hash.
@@ -235,6 +237,13 @@ def plan_items(
     return items, shots_used
 
 
+def planned_record(item: WorkItem) -> dict[str, Any]:
+    """The ground-truth fields of a planned item (what metrics count when it has no record yet)."""
+    s = item.sample
+    return {"image": s.path, "category": s.category, "gt_label": s.label, "gt_defect_type": s.defect_type,
+            "gt_mask": s.mask_path, "repeat": item.repeat}
+
+
 def make_record(item: WorkItem, verdict: Verdict, chash: str) -> dict[str, Any]:
     """One results.jsonl line: the ground truth, the key fields and the verdict's fields."""
     s = item.sample
@@ -266,9 +275,7 @@ class RunningAuroc:
         scores.append(score)
 
     def value(self) -> float | None:
-        from sklearn.metrics import roc_auc_score
-
-        vals = [roc_auc_score(ls, ss) for ls, ss in self._data.values() if 0 < sum(ls) < len(ls)]
+        vals = [image_auroc(ls, ss) for ls, ss in self._data.values() if 0 < sum(ls) < len(ls)]
         return float(sum(vals) / len(vals)) if vals else None
 
 
@@ -276,7 +283,8 @@ def keep_maps(verdict: Verdict, item: WorkItem, maps_dir: Path) -> None:
     """Copy the verdict's anomaly maps into the run directory and point its evidence at the copies.
 
     Tools write maps to temporary folders; a run directory must stay complete on its own.
-    Copies are named ``maps/<category>/<stem>-<digest>-r<repeat>-e<index>-<tool>.png``.
+    Copies are named ``maps/<category>/<stem>-<digest>-r<repeat>-e<index>-<tool>.png``, with the raw
+    float map (``.npy``, when the tool wrote one) beside each.
     """
     s = item.sample
     digest = hashlib.sha1(s.path.encode()).hexdigest()[:8]
@@ -288,6 +296,9 @@ def keep_maps(verdict: Verdict, item: WorkItem, maps_dir: Path) -> None:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ev.map_path, dest)
+        raw = float_map_path(ev.map_path)
+        if raw.is_file():  # the raw float map the pixel metrics read
+            shutil.copyfile(raw, float_map_path(dest))
         ev.map_path = str(dest)
 
 
@@ -297,11 +308,13 @@ async def _judge(detector: Detector, item: WorkItem, timeout_s: float | None) ->
         coro = detector.adetect(s.path, category=s.category, references=item.references or None)
         verdict = await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
     except asyncio.TimeoutError:
-        return Verdict.failed(s.path, f"timed out after {timeout_s:g} s", category=s.category)
+        return Verdict.failed(s.path, f"timed out after {timeout_s:g} s", category=s.category, kind="timeout")
     except Exception as exc:  # noqa: BLE001 - a failed item is recorded and the run goes on
-        return Verdict.failed(s.path, f"{type(exc).__name__}: {exc}", category=s.category)
+        return Verdict.failed(s.path, f"internal error: {type(exc).__name__}: {exc}", category=s.category,
+                              kind="internal")
     if not isinstance(verdict, Verdict):
-        return Verdict.failed(s.path, f"detector returned {type(verdict).__name__}, not a Verdict", category=s.category)
+        msg = f"internal error: detector returned {type(verdict).__name__}, not a Verdict"
+        return Verdict.failed(s.path, msg, category=s.category, kind="internal")
     return verdict
 
 
@@ -443,8 +456,42 @@ def _progress():
     )
 
 
+def reference_items(categories: list[Category], spec: EvalSpec) -> list[WorkItem]:
+    """Leave-one-out items of the references: each reference judged with the other K-1 as its references.
+
+    Their scores are what normal images score in the verdicts' own units (same detector, fusion and
+    threshold), so a threshold chosen on them needs no labelled anomaly. Needs K >= 2 (else none).
+    """
+    items: list[WorkItem] = []
+    if spec.shots < 2:
+        return items
+    for rep in range(spec.repeats):
+        for cat in categories:
+            refs = select_references(cat.train_good, spec.shots, spec.shot_seed, rep)
+            for ref in refs:
+                sample = Sample(ref, cat.name, 0, "reference")
+                items.append(WorkItem(sample, [r for r in refs if r != ref], rep))
+    return items
+
+
+def _todo(items: list[WorkItem], path: Path, chash: str, retry_errors: bool) -> tuple[list[WorkItem], dict]:
+    """Items not yet in the results file at `path` (with `retry_errors`, failed ones count as not done)."""
+    done = latest_records(path, chash, fields=("category", "gt_label", "status", "pred_score"))
+    if retry_errors:
+        done = {k: v for k, v in done.items() if v.get("status") == "ok"}
+    todo = [it for it in items if (it.sample.category, it.sample.path, chash, it.repeat) not in done]
+    return todo, done
+
+
+def _by_repeat(items: list[WorkItem]) -> dict[int, list[WorkItem]]:
+    out: dict[int, list[WorkItem]] = {}
+    for it in items:
+        out.setdefault(it.repeat, []).append(it)
+    return out
+
+
 def evaluate(
-    detector: Detector,
+    detector: Detector | None,
     categories: list[Category],
     spec: EvalSpec,
     out: str | Path,
@@ -455,34 +502,56 @@ def evaluate(
     resume: bool = False,
     retry_errors: bool = False,
     progress: bool = True,
-    memory_sink: Callable[[list[Sample]], None] | None = None,
+    memory_for_repeat: Callable[[int, list[Sample]], Detector] | None = None,
     timeout_s: float | None = None,
     max_consecutive_errors: int | None = 50,
+    target_fpr: float | None = None,
+    n_boot: int = 1000,
 ) -> tuple[RunPaths, RunStats, dict[str, Any]]:
     """Run (or resume) an evaluation and write config.json, results.jsonl and metrics.json.
 
+    The run directory is locked for the whole call (`evals.runlock`): a second process on it fails
+    at once with the holder's pid.
+
     Args:
-        detector: the detector (see `Detector`).
+        detector: the detector (see `Detector`); None when `memory_for_repeat` builds one per repeat.
         categories: loaded categories (`evals.datasets.load_dataset`).
         spec: shots, repeats, anomaly shots, baseline.
         out: run directory.
         config: the agent config as JSON with secrets masked (`AgentConfig.masked()`).
-        dataset: what was loaded (root, layout), recorded in config.json.
+        dataset: what was loaded (root, layout, fold), recorded in config.json.
         prompt_hash: hash of the prompt sets in use.
         concurrency: verdicts in flight at once.
         resume: skip items already in results.jsonl (error records too, unless `retry_errors`).
-        memory_sink: called once per (repeat, category) with its anomaly shots (to put them into
-            memory); required when `spec.anomaly_shots` > 0.
+        memory_for_repeat: called once per repeat with that repeat's anomaly shots (all categories);
+            it puts them into a memory store of that repeat alone and returns the detector reading
+            it. Required when `spec.anomaly_shots` > 0: one store per repeat, so no repeat's test
+            item can be a labelled example in the memory its own queries read.
+        target_fpr: also judge each reference with the other K-1 (``reference_scores.jsonl``) and
+            report the operating point at the threshold these normal-only scores give at this FPR.
+        n_boot: bootstrap replicates for the intervals in metrics.json (0: none).
 
     Returns:
         (run paths, stats of this pass, metrics dict as written to metrics.json).
     """
+    with RunDirLock(out):
+        return _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume,
+                         retry_errors, progress, memory_for_repeat, timeout_s, max_consecutive_errors,
+                         target_fpr, n_boot)
+
+
+def _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume, retry_errors,
+              progress, memory_for_repeat, timeout_s, max_consecutive_errors, target_fpr, n_boot):
     chash = config_hash(config, spec, prompt_hash)
     paths = prepare_run_dir(out, resume, chash)
     items, shots_used = plan_items(categories, spec)
-    if shots_used and memory_sink is None:
+    if shots_used and memory_for_repeat is None:
         msg = "--anomaly-shots needs a memory store to put the anomalies into"
         raise UserInputError(msg)
+    if detector is None and memory_for_repeat is None:
+        msg = "evaluate needs a detector (or memory_for_repeat to build one per repeat)"
+        raise UserInputError(msg)
+    ref_items = reference_items(categories, spec) if target_fpr is not None else []
     write_config(
         paths,
         config,
@@ -490,20 +559,12 @@ def evaluate(
         chash,
         prompt_hash,
         dataset,
-        extra={"anomaly_shots_used": {f"{r}/{c}": [s.path for s in v] for (r, c), v in shots_used.items()}},
+        extra={"anomaly_shots_used": {f"{r}/{c}": [s.path for s in v] for (r, c), v in shots_used.items()},
+               "target_fpr": target_fpr},
     )
-    done = latest_records(paths.results, chash, fields=("category", "gt_label", "status", "pred_score"))
-    if retry_errors:
-        done = {k: v for k, v in done.items() if v.get("status") == "ok"}
-    todo = [
-        it
-        for it in items
-        if (it.sample.category, it.sample.path, chash, it.repeat) not in done
-    ]
+    todo, done = _todo(items, paths.results, chash, retry_errors)
+    ref_todo, _ = _todo(ref_items, paths.root / REFERENCE_SCORES, chash, retry_errors)
     stats_skipped = len(items) - len(todo)
-    if memory_sink is not None:
-        for (_rep, _cat), held in shots_used.items():
-            memory_sink(held)
 
     running = RunningAuroc()
     wanted = {(it.sample.category, it.sample.path, chash, it.repeat) for it in items}
@@ -511,45 +572,69 @@ def evaluate(
         if key in wanted:
             running.add(rec["category"], rec["gt_label"], rec.get("pred_score"))
 
-    bar = _progress() if progress and todo else None
+    bar = _progress() if progress and (todo or ref_todo) else None
     task = None
     last = [0.0]
+    total = len(items) + len(ref_items)
 
     def on_result(item: WorkItem, verdict: Verdict) -> None:
-        running.add(item.sample.category, item.sample.label, verdict.pred_score)
+        if item.sample.defect_type != "reference":
+            running.add(item.sample.category, item.sample.label, verdict.pred_score)
         if bar is not None:
             now = time.perf_counter()
             fields = {}
-            if now - last[0] > 0.5 or bar.tasks[0].completed + 1 >= len(items):
+            if now - last[0] > 0.5 or bar.tasks[0].completed + 1 >= total:
                 last[0] = now
                 auc = running.value()
                 fields["auroc"] = f"AUROC {auc:.3f}" if auc is not None else "AUROC -"
             bar.update(task, advance=1, **fields)
 
-    with ResultsLog(paths.results) as log:
-        if bar is not None:
-            with bar:
-                auc = running.value()
-                task = bar.add_task(
-                    "eval",
-                    total=len(items),
-                    completed=stats_skipped,
-                    auroc=f"AUROC {auc:.3f}" if auc is not None else "AUROC -",
-                )
-                stats = asyncio.run(
-                    run_items(detector, todo, log, chash, concurrency, on_result, timeout_s, max_consecutive_errors, paths.maps)
-                )
-        else:
-            stats = asyncio.run(
-                run_items(detector, todo, log, chash, concurrency, on_result, timeout_s, max_consecutive_errors, paths.maps)
+    # one detector for the whole run, or one per repeat reading that repeat's own memory store
+    if memory_for_repeat is None:
+        passes = [(detector, todo, ref_todo)]
+    else:
+        tests, refs = _by_repeat(todo), _by_repeat(ref_todo)
+        passes = []
+        for rep in sorted(set(tests) | set(refs)):
+            held = [s for (r, _c), v in sorted(shots_used.items()) if r == rep for s in v]
+            passes.append((lambda rep=rep, held=held: memory_for_repeat(rep, held), tests.get(rep, []), refs.get(rep, [])))
+    stats = RunStats()
+
+    def run_all() -> None:
+        for det, test_items, loo_items in passes:
+            if callable(det) and not isinstance(det, Detector):
+                det = det()
+            for log_path, batch in ((paths.results, test_items), (paths.root / REFERENCE_SCORES, loo_items)):
+                if not batch:
+                    continue
+                with ResultsLog(log_path) as log:
+                    part = asyncio.run(run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
+                                                 max_consecutive_errors, paths.maps))
+                stats.done += part.done
+                stats.failed += part.failed
+                stats.elapsed_s += part.elapsed_s
+
+    if bar is not None:
+        with bar:
+            auc = running.value()
+            task = bar.add_task(
+                "eval",
+                total=total,
+                completed=total - len(todo) - len(ref_todo),
+                auroc=f"AUROC {auc:.3f}" if auc is not None else "AUROC -",
             )
+            run_all()
+    else:
+        run_all()
     stats.planned = len(items)
     stats.skipped = stats_skipped
     stats.anomaly_shots = {f"{r}/{c}": [s.path for s in v] for (r, c), v in shots_used.items()}
     names = [c.name for c in categories]
-    metrics = compute_metrics(paths.results, chash, names)
+    planned = {(it.sample.category, it.sample.path, chash, it.repeat): planned_record(it) for it in items}
+    metrics = compute_metrics(paths.results, chash, names, target_fpr=target_fpr, n_boot=n_boot, planned=planned)
     metrics["config_hash"] = chash
     metrics["n_planned"] = len(items)
+    metrics["n_reference_items"] = len(ref_items)
     paths.metrics.write_text(json.dumps(metrics, indent=2, default=str))
     return paths, stats, metrics
 

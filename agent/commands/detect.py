@@ -15,7 +15,7 @@ import typer
 from agent.commands.common import ConfigOption, config_from_cli, print_json_line
 from agent.schemas import Verdict
 
-EXIT_FOR_ERROR = {"input": 2, "model": 3, "internal": 4}
+EXIT_FOR_ERROR = {"input": 2, "model": 3, "timeout": 3, "internal": 4}
 
 
 def references_arg(refs: list[str] | None) -> list[str] | str | None:

@@ -1,7 +1,9 @@
 """`anomaly-agent eval ROOT`: run the agent (or a baseline) on a dataset; metrics and a report.
 
-Exit codes: 0 = the run finished (failed items are recorded in results.jsonl, not fatal);
-2 = bad input or config; 3 = the model server failed for many items in a row (resume later).
+Exit codes: 0 = the run finished with coverage >= --min-coverage (failed items are recorded in
+results.jsonl); 2 = bad input or config, or the run directory is in use by another process; 3 = the
+model server failed for many items in a row (resume later), or coverage (judged / planned items) fell
+below --min-coverage (everything is still written: results, metrics, report).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import typer
 
 from agent.commands.common import ConfigOption, config_from_cli
+from agent.errors import UserInputError
 
 
 def default_run_dir(root: Path, chash_seed: str) -> Path:
@@ -22,8 +25,30 @@ def default_run_dir(root: Path, chash_seed: str) -> Path:
     return Path("runs") / f"{name}-{hashlib.sha256(chash_seed.encode()).hexdigest()[:8]}"
 
 
+def repeat_memory_path(run_dir: Path, repeat: int) -> Path:
+    """The memory store of one repeat: ``<run>/memory/r<repeat>`` (never the user's memory)."""
+    return run_dir / "memory" / f"r{repeat}"
+
+
+def memory_for_repeat_factory(cfg, run_dir: Path):
+    """``(repeat, anomaly shots) -> agent``: a fresh store per repeat holding only that repeat's shots.
+
+    Each repeat draws different labelled anomalies; a store shared by all repeats would hold some of a
+    repeat's test images as labelled examples. So every repeat gets its own store and its own agent.
+    """
+    from agent.api import AnomalyAgent
+
+    def build(repeat: int, samples):
+        rcfg = cfg.model_copy(update={"memory_path": repeat_memory_path(run_dir, repeat)})
+        agent = AnomalyAgent.from_config(rcfg)
+        memory_sink_for(rcfg, agent)(samples)
+        return agent
+
+    return build
+
+
 def memory_sink_for(config, agent):
-    """A callable that embeds labelled anomalies (`Sample`s) and adds them to the run's memory.
+    """A callable that embeds labelled anomalies (`Sample`s) and adds them to `config`'s memory store.
 
     Vectors come from the agent's own embedder, so retrieval during the run finds them.
     """
@@ -31,6 +56,8 @@ def memory_sink_for(config, agent):
     from tools.images import load_image
 
     def add(samples) -> None:
+        if not samples:
+            return
         embedder = agent.runtime.embedder()
         items = [
             ExampleInput(
@@ -47,6 +74,14 @@ def memory_sink_for(config, agent):
     return add
 
 
+def _error_kinds(metrics) -> str:
+    kinds: dict[str, int] = {}
+    for row in metrics.get("per_category", {}).values():
+        for kind, n in (row.get("errors_by_kind") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -58,6 +93,10 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(1, "--repeats", help="Reference draws to average metrics over (needs --shot-seed)."),
         anomaly_shots: int = typer.Option(0, "--anomaly-shots", help="M labelled anomalies per category put into memory and left out of the test."),
         limit: int | None = typer.Option(None, "--limit", help="At most this many test images per category (spread evenly)."),
+        fold: str | None = typer.Option(None, "--fold", help="Only the test images of this fold (dev | test) from the dataset's 'fold' column (CSV list, or index.csv beside the category folders)."),
+        target_fpr: float = typer.Option(0.05, "--target-fpr", help="Also report the operating point at a threshold chosen from normal images only (the references' leave-one-out scores) at this false-positive rate; needs --shots >= 2."),
+        min_coverage: float = typer.Option(1.0, "--min-coverage", help="Exit 3 (after writing everything) when fewer than this fraction of the planned items were judged."),
+        bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for the 95%% intervals (0: none)."),
         backend: str | None = typer.Option(None, "--backend", help="auto | openai | transformers | scripted | none (tools + fusion only)."),
         base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM)."),
         model: str | None = typer.Option(None, "--model", help="Model id served at --base-url."),
@@ -79,15 +118,21 @@ def register(app: typer.Typer) -> None:
 
         spec = EvalSpec(shots=shots, shot_seed=shot_seed, repeats=repeats, anomaly_shots=anomaly_shots,
                         limit=limit, baseline=baseline)
+        if not 0.0 <= min_coverage <= 1.0:
+            msg = f"--min-coverage must be in [0, 1], got {min_coverage}"
+            raise UserInputError(msg)
+        if not 0.0 <= target_fpr < 1.0:
+            msg = f"--target-fpr must be in [0, 1), got {target_fpr}"
+            raise UserInputError(msg)
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model)
-        categories = load_dataset(root, layout=layout, categories=category)
+        categories = load_dataset(root, layout=layout, categories=category, fold=fold)
         prompt_names = ["direct_baseline"] if baseline == "direct" else ["agent"]
         phash = prompt_set_hash(prompt_names)
         chash = config_hash(cfg.masked(), spec, phash)
-        run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{chash}")
+        run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{chash}|{fold or ''}")
         if anomaly_shots:
-            # the labelled anomalies go into the run's own store, not the user's memory
-            cfg = cfg.model_copy(update={"memory_path": run_dir / "memory"})
+            # the labelled anomalies go into the run's own stores (one per repeat), not the user's memory
+            cfg = cfg.model_copy(update={"memory_path": repeat_memory_path(run_dir, 0)})
         err = Console(stderr=True)
         if baseline == "direct":
             from evals.direct_baseline import DirectBaseline
@@ -100,22 +145,36 @@ def register(app: typer.Typer) -> None:
             detector = AnomalyAgent.from_config(cfg)
             note = f"agent on backend {detector.backend.name} ({detector.backend_note})"
         n_test = sum(len(c.test) for c in categories)
-        err.print(f"eval: {len(categories)} categories, {n_test} test images, {shots} shots, {note}")
+        fold_note = f", fold {fold}" if fold else ""
+        err.print(f"eval: {len(categories)} categories, {n_test} test images{fold_note}, {shots} shots, {note}")
         err.print(f"run directory: {run_dir}")
-        sink = memory_sink_for(cfg, detector) if anomaly_shots else None
-        paths, stats, _ = evaluate(
-            detector,
+        per_repeat = memory_for_repeat_factory(cfg, run_dir) if anomaly_shots else None
+        if per_repeat is not None:
+            first = detector
+
+            def per_repeat_memory(rep, samples, _build=per_repeat):
+                if rep == 0:  # the agent built above already reads repeat 0's store
+                    memory_sink_for(cfg, first)(samples)
+                    return first
+                return _build(rep, samples)
+        else:
+            per_repeat_memory = None
+        paths, stats, metrics = evaluate(
+            None if per_repeat_memory else detector,
             categories,
             spec,
             run_dir,
             cfg.masked(),
-            {"root": str(root.expanduser().absolute()), "layout": layout, "categories": [c.name for c in categories]},
+            {"root": str(root.expanduser().absolute()), "layout": layout, "fold": fold,
+             "categories": [c.name for c in categories]},
             prompt_hash=phash,
             concurrency=concurrency,
             resume=resume,
             retry_errors=retry_errors,
             progress=not no_progress,
-            memory_sink=sink,
+            memory_for_repeat=per_repeat_memory,
+            target_fpr=target_fpr if shots >= 2 else None,
+            n_boot=bootstrap,
         )
         err.print(
             f"judged {stats.done} images ({stats.failed} failed) in {stats.elapsed_s:.1f} s; "
@@ -127,3 +186,13 @@ def register(app: typer.Typer) -> None:
         print_table([load_run(paths.root)])
         if stats.failed:
             print(f"{stats.failed} items failed; see results.jsonl (rerun with --resume --retry-errors)", file=sys.stderr)
+        mean = metrics.get("mean", {})
+        coverage = mean.get("coverage")
+        if coverage is not None and coverage < min_coverage:
+            print(
+                f"coverage {mean.get('n_ok', 0)}/{mean.get('n_total', 0)} = {coverage:.3f} is below --min-coverage "
+                f"{min_coverage:g} (errors by kind: {_error_kinds(metrics)}). Fix: rerun with --resume --retry-errors, "
+                "or lower --min-coverage",
+                file=sys.stderr,
+            )
+            raise typer.Exit(3)

@@ -120,22 +120,51 @@ def test_consecutive_failures_abort(tmp_path):
     assert len(recs) == 5 and all(r["status"] == "error" for r in recs)
 
 
-def test_repeats_and_anomaly_shots(tmp_path):
+class MemoryReadingDetector(BrightnessDetector):
+    """A detector that reads a memory store (a set of image paths) and notes every query it holds."""
+
+    def __init__(self, store: set[str]):
+        super().__init__()
+        self.store = store
+        self.leaked: list[str] = []
+        self.queries: list[str] = []
+
+    async def adetect(self, image, *, category=None, references=None):
+        self.queries.append(image)
+        if image in self.store:  # the query itself is retrievable as a labelled example
+            self.leaked.append(image)
+        return await super().adetect(image, category=category, references=references)
+
+
+def test_repeats_and_anomaly_shots_use_one_memory_per_repeat(tmp_path):
     root = make_folder_tree(tmp_path / "ds", n_train=6, n_bad=3)
     cats = load_dataset(root)
-    spec = EvalSpec(shots=2, shot_seed=7, repeats=2, anomaly_shots=2)
+    spec = EvalSpec(shots=2, shot_seed=7, repeats=3, anomaly_shots=2)
     items, held = plan_items(cats, spec)
-    assert set(held) == {(0, "alpha"), (0, "beta"), (1, "alpha"), (1, "beta")}
-    for (rep, cat), samples in held.items():
-        tested = {it.sample.path for it in items if it.repeat == rep and it.sample.category == cat}
-        assert not tested & {s.path for s in samples}
-    sunk = []
-    paths, stats, metrics = evaluate(BrightnessDetector(), cats, spec, tmp_path / "run", CFG, {}, progress=False,
-                                     memory_sink=sunk.append)
-    assert len(sunk) == 4 and all(len(s) == 2 and all(x.label == 1 for x in s) for s in sunk)
-    assert metrics["repeats"] == 2 and len(metrics["per_repeat"]) == 2
+    assert set(held) == {(r, c) for r in range(3) for c in ("alpha", "beta")}
+    # the draws differ across repeats, so one store shared by all repeats would leak test items
+    all_shots = {s.path for v in held.values() for s in v}
+    assert any(it.sample.path in all_shots for it in items)
+    stores: dict[int, set[str]] = {}
+    detectors: dict[int, MemoryReadingDetector] = {}
+
+    def memory_for_repeat(rep, samples):
+        assert rep not in stores, "a repeat's memory must be built once"
+        stores[rep] = {s.path for s in samples}
+        detectors[rep] = MemoryReadingDetector(stores[rep])
+        return detectors[rep]
+
+    paths, stats, metrics = evaluate(None, cats, spec, tmp_path / "run", CFG, {}, progress=False,
+                                     memory_for_repeat=memory_for_repeat)
+    assert sorted(stores) == [0, 1, 2]
+    for rep, det in detectors.items():
+        assert stores[rep] == {s.path for (r, _), v in held.items() if r == rep for s in v}
+        tested = {it.sample.path for it in items if it.repeat == rep}
+        assert set(det.queries) == tested  # each repeat's items went to the detector of that repeat
+        assert det.leaked == [] and not tested & stores[rep]
+    assert metrics["repeats"] == 3 and len(metrics["per_repeat"]) == 3
     refs = {tuple(r["references"]) for r in iter_records(paths.results) if r["category"] == "alpha"}
-    assert len(refs) == 2  # one draw per repeat
+    assert len(refs) == 3  # one draw per repeat
     with pytest.raises(UserInputError, match="needs a memory store"):
         evaluate(BrightnessDetector(), cats, spec, tmp_path / "run2", CFG, {}, progress=False)
     with pytest.raises(UserInputError, match="--shot-seed"):
