@@ -419,3 +419,28 @@ def test_eval_reports_operating_points_at_the_verdict_and_normal_only_thresholds
     assert metrics["mean"]["operating_point_normal_only"]["recall"] is not None
     md = markdown_report([load_run(paths.root)])
     assert "## Operating points" in md and "normal-only @FPR 0.05" in md and "| alpha | scratch |" in md
+
+
+# ----------------------------------------------------------------------------- leakage (CLI, real memory)
+
+
+def test_eval_cli_repeats_with_anomaly_shots_never_retrieve_their_own_test_items(tmp_path, isolated_home, capsys):
+    """Every repeat's store (real Chroma) holds exactly its own labelled anomalies, none of its test images."""
+    from agent.cli import main
+    from agent.config import load_config
+    from memory.store import content_id, open_store
+
+    root = make_folder_tree(tmp_path / "ds", categories=("alpha",), n_train=4, n_good=2, defects=("scratch",), n_bad=4)
+    out = tmp_path / "run"
+    code = main(["eval", str(root), "--shots", "2", "--shot-seed", "0", "--repeats", "2", "--anomaly-shots", "2",
+                 "--backend", "none", "--out", str(out), "--no-progress", "--no-report", "--bootstrap", "0"])
+    assert code == 0, capsys.readouterr().err
+    used = json.loads((out / "config.json").read_text())["anomaly_shots_used"]
+    assert set(used["0/alpha"]) != set(used["1/alpha"])  # different draws: one shared store would leak
+    recs = list(iter_records(out / "results.jsonl"))
+    for rep in (0, 1):
+        with open_store(load_config(None, memory_path=out / "memory" / f"r{rep}"), create=False) as store:
+            held = {e.id for e in store.list(category="alpha", label="anomalous")}
+        assert held == {content_id(Path(p).read_bytes()) for p in used[f"{rep}/alpha"]}
+        tested = {content_id(Path(r["image"]).read_bytes()) for r in recs if r["repeat"] == rep}
+        assert len(tested) == 4 and not tested & held
