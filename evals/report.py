@@ -87,7 +87,7 @@ def load_run(run_dir: str | Path, recompute: bool = False) -> Run:
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     mpath = root / "metrics.json"
     if recompute or not mpath.is_file():
-        metrics = compute_metrics(results, config.get("config_hash"))
+        metrics = compute_metrics(results, config.get("config_hash"), target_fpr=config.get("target_fpr"))
         mpath.write_text(json.dumps(metrics, indent=2, default=str))
     else:
         metrics = json.loads(mpath.read_text())

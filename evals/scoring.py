@@ -261,8 +261,9 @@ def _mean_row(per_category: dict[str, dict[str, Any]], replicates: dict[str, dic
     mean = aggregate(per_category)["mean"]
     n_total = sum(int(r.get("n_total") or 0) for r in per_category.values())
     mean["coverage"] = (mean.get("n_ok", 0) / n_total) if n_total else None
-    for key in ("operating_point", "operating_point_normal_only"):
-        rows = [{k: v for k, v in (r.get(key) or {}).items() if k not in ("per_defect_type", "note")}
+    for key, drop in (("operating_point", ()), ("operating_point_normal_only", ("threshold",))):
+        # each category's normal-only threshold is its own: their mean would be no threshold at all
+        rows = [{k: v for k, v in (r.get(key) or {}).items() if k not in ("per_defect_type", "note", *drop)}
                 for r in per_category.values() if r.get(key)]
         mean[key] = mean_values(rows) if rows else None
     usable = [rep for rep in replicates.values() if rep]
