@@ -4,8 +4,13 @@ A run directory holds:
 - ``config.json``: the config (secrets masked), the eval settings, the config hash, the prompt-set
   hash and package versions;
 - ``results.jsonl``: one line per image (see `evals.results`), appended as verdicts arrive;
-- ``metrics.json``: per-category metrics (averaged over repeats) and their mean;
-- ``report.html``, ``report.md``, ``overlays/`` and ``plots/`` (written by `evals.report`).
+- ``reference_scores.jsonl``: with a target FPR, each reference judged with the other K-1 (the
+  normal-only threshold's scores, same line format);
+- ``metrics.json``: per-category metrics (averaged over repeats) and their mean, with coverage,
+  intervals and operating points (see `evals.scoring`);
+- ``maps/``: each verdict's maps (display PNG and raw float ``.npy``);
+- ``report.html``, ``report.md``, ``overlays/`` and ``plots/`` (written by `evals.report`);
+- ``.run.lock``: held by the process writing the directory (`evals.runlock`).
 
 Concurrency: `concurrency` workers pull items from one iterator, so at most `concurrency` verdicts
 are in flight and nothing is kept in RAM after its line is written (bounded memory).
@@ -534,16 +539,6 @@ def evaluate(
     Returns:
         (run paths, stats of this pass, metrics dict as written to metrics.json).
     """
-    with RunDirLock(out):
-        return _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume,
-                         retry_errors, progress, memory_for_repeat, timeout_s, max_consecutive_errors,
-                         target_fpr, n_boot)
-
-
-def _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume, retry_errors,
-              progress, memory_for_repeat, timeout_s, max_consecutive_errors, target_fpr, n_boot):
-    chash = config_hash(config, spec, prompt_hash)
-    paths = prepare_run_dir(out, resume, chash)
     items, shots_used = plan_items(categories, spec)
     if shots_used and memory_for_repeat is None:
         msg = "--anomaly-shots needs a memory store to put the anomalies into"
@@ -551,6 +546,18 @@ def _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, con
     if detector is None and memory_for_repeat is None:
         msg = "evaluate needs a detector (or memory_for_repeat to build one per repeat)"
         raise UserInputError(msg)
+    with RunDirLock(out):
+        return _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume,
+                           retry_errors, progress, memory_for_repeat, timeout_s, max_consecutive_errors,
+                           target_fpr, n_boot, items, shots_used)
+
+
+def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume, retry_errors,
+                progress, memory_for_repeat, timeout_s, max_consecutive_errors, target_fpr, n_boot, items,
+                shots_used):
+    """`evaluate`'s body, run while the directory's lock is held (arguments as `evaluate`'s)."""
+    chash = config_hash(config, spec, prompt_hash)
+    paths = prepare_run_dir(out, resume, chash)
     ref_items = reference_items(categories, spec) if target_fpr is not None else []
     write_config(
         paths,
@@ -590,8 +597,11 @@ def _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, con
             bar.update(task, advance=1, **fields)
 
     # one detector for the whole run, or one per repeat reading that repeat's own memory store
+    # (detector maker, test items, reference items): one pass for the run, or one per repeat whose
+    # detector reads that repeat's own memory store (built only when the repeat has work left)
+    passes: list[tuple[Callable[[], Detector], list[WorkItem], list[WorkItem]]]
     if memory_for_repeat is None:
-        passes = [(detector, todo, ref_todo)]
+        passes = [(lambda: detector, todo, ref_todo)]
     else:
         tests, refs = _by_repeat(todo), _by_repeat(ref_todo)
         passes = []
@@ -601,9 +611,8 @@ def _evaluate(detector, categories, spec, out, config, dataset, prompt_hash, con
     stats = RunStats()
 
     def run_all() -> None:
-        for det, test_items, loo_items in passes:
-            if callable(det) and not isinstance(det, Detector):
-                det = det()
+        for make_detector, test_items, loo_items in passes:
+            det = make_detector()
             for log_path, batch in ((paths.results, test_items), (paths.root / REFERENCE_SCORES, loo_items)):
                 if not batch:
                     continue
