@@ -30,17 +30,21 @@ def repeat_memory_path(run_dir: Path, repeat: int) -> Path:
     return run_dir / "memory" / f"r{repeat}"
 
 
-def memory_for_repeat_factory(cfg, run_dir: Path):
+def memory_for_repeat_factory(cfg, run_dir: Path, first_agent):
     """``(repeat, anomaly shots) -> agent``: a fresh store per repeat holding only that repeat's shots.
 
     Each repeat draws different labelled anomalies; a store shared by all repeats would hold some of a
-    repeat's test images as labelled examples. So every repeat gets its own store and its own agent.
+    repeat's test images as labelled examples. So every repeat gets its own store and its own agent;
+    `first_agent` (built with `cfg`, whose memory is repeat 0's store) serves repeat 0.
     """
     from agent.api import AnomalyAgent
 
     def build(repeat: int, samples):
-        rcfg = cfg.model_copy(update={"memory_path": repeat_memory_path(run_dir, repeat)})
-        agent = AnomalyAgent.from_config(rcfg)
+        if repeat == 0:
+            rcfg, agent = cfg, first_agent
+        else:
+            rcfg = cfg.model_copy(update={"memory_path": repeat_memory_path(run_dir, repeat)})
+            agent = AnomalyAgent.from_config(rcfg)
         memory_sink_for(rcfg, agent)(samples)
         return agent
 
@@ -148,17 +152,7 @@ def register(app: typer.Typer) -> None:
         fold_note = f", fold {fold}" if fold else ""
         err.print(f"eval: {len(categories)} categories, {n_test} test images{fold_note}, {shots} shots, {note}")
         err.print(f"run directory: {run_dir}")
-        per_repeat = memory_for_repeat_factory(cfg, run_dir) if anomaly_shots else None
-        if per_repeat is not None:
-            first = detector
-
-            def per_repeat_memory(rep, samples, _build=per_repeat):
-                if rep == 0:  # the agent built above already reads repeat 0's store
-                    memory_sink_for(cfg, first)(samples)
-                    return first
-                return _build(rep, samples)
-        else:
-            per_repeat_memory = None
+        per_repeat_memory = memory_for_repeat_factory(cfg, run_dir, detector) if anomaly_shots else None
         paths, stats, metrics = evaluate(
             None if per_repeat_memory else detector,
             categories,
