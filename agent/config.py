@@ -108,6 +108,9 @@ class AgentConfig(BaseSettings):
 
     # decision
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    dismiss_confidence: float = Field(
+        0.9, ge=0.5, le=1.0, description="the model's P(normal), from token log-probabilities, needed to "
+        "overrule tools that flag the query; a label without probabilities or 'uncertain' never does")
 
     # memory
     memory_path: Path = Field(default_factory=lambda: default_home() / "memory")

@@ -43,7 +43,8 @@ class State(InputState, total=False):
     prompt_tokens: int
     completion_tokens: int
     reflections: int
-    model_answer: dict[str, Any] | None  # label, defect_type, regions, explanation, probability, repaired
+    model_answer: dict[str, Any] | None  # label, defect_type, regions, explanation,
+    # probability (P(a) + 0.5 P(u) from logprobs), p_normal, label_probs, repaired
     model_error: str | None  # the model's verdict failed validation after the repair turn
     budget_exhausted: str | None  # the reason, when the loop stopped on its budget
     verdict: dict[str, Any] | None

@@ -42,11 +42,15 @@ def _prepare(state: State, rt: AgentRuntime):
 
 
 def _answer(state: State, new: list, prompt: HumanMessage, result, start: float) -> dict:
-    from agent.backends.logprobs import label_probability
+    from agent.backends.logprobs import anomaly_probability, label_distribution
 
     parsed: ModelVerdict = result.parsed
     answer = parsed.model_dump(mode="json")
-    answer["probability"] = label_probability(result.message)
+    dist = label_distribution(result.message)
+    # P(anomalous) = P(a) + 0.5 P(u) over the three labels; P(normal) decides whether it may dismiss tools
+    answer["label_probs"] = dist
+    answer["probability"] = anomaly_probability(dist) if dist else None
+    answer["p_normal"] = dist["normal"] if dist else None
     answer["repaired"] = bool(result.repaired)
     update = {"messages": [*new, prompt, result.message], "model_answer": answer, **usage_update(state, result.message)}
     update["model_calls"] += int(bool(result.repaired))
