@@ -102,7 +102,11 @@ class AgentConfig(BaseSettings):
     # budgets
     max_model_calls: int = Field(8, ge=1)
     max_tool_calls: int = Field(12, ge=0)
-    max_images_per_call: int = Field(4, ge=1)
+    max_images_per_request: int = Field(
+        4, ge=1, description="images in one model request, the query always among them; `serve-model` "
+        "passes the same number to vLLM as --limit-mm-per-prompt (older images become a text line)")
+    max_memory_normals: int = Field(8, ge=0, description="nearest normal examples retrieved from memory")
+    max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
     max_wall_s: float = Field(180.0, gt=0)
     max_reflections: int = Field(1, ge=0)
 

@@ -23,7 +23,7 @@ class Budget(BaseModel):
 
     max_model_calls: int = Field(8, ge=1)
     max_tool_calls: int = Field(12, ge=0)
-    max_images_per_call: int = Field(4, ge=1)
+    max_images_per_request: int = Field(4, ge=1)
     max_wall_s: float = Field(180.0, gt=0)
 
 

@@ -47,6 +47,7 @@ class State(InputState, total=False):
     # probability (P(a) + 0.5 P(u) from logprobs), p_normal, label_probs, repaired
     model_error: str | None  # the model's verdict failed validation after the repair turn
     budget_exhausted: str | None  # the reason, when the loop stopped on its budget
+    image_drops: Annotated[list[dict[str, Any]], operator.add]  # {"model_call", "dropped": [labels]} per request
     verdict: dict[str, Any] | None
     timings: Annotated[dict[str, float], merge_dicts]
     # chat sessions: "detect" until the verdict exists, then "chat"; budgets count from the turn's start

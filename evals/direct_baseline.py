@@ -61,7 +61,8 @@ class DirectBaseline:
     ) -> Verdict:
         """One yes/no call; bad input or a server failure comes back as an error verdict."""
         t0 = time.perf_counter()
-        refs = list(references or [])
+        given = list(references or [])
+        refs = given[: max(0, self.config.max_images_per_request - 1)]  # the query is one of the request's images
         try:
             messages = await asyncio.to_thread(self._messages, image, category, refs)
         except (ImageInputError, FileNotFoundError) as exc:
@@ -100,7 +101,7 @@ class DirectBaseline:
             score_source=source,
             explanation=(
                 f"direct baseline: asked whether the image shows an anomaly with {len(refs)} normal "
-                f"reference(s); the model answered {answer[:40]!r}, P(yes) = {p_yes:.3f} {how}."
+                f"reference(s){'' if len(refs) == len(given) else f' (of {len(given)}: max_images_per_request)'}; the model answered {answer[:40]!r}, P(yes) = {p_yes:.3f} {how}."
             ),
             model_id=self.backend.model_id,
             prompt_hash=self.prompts.hash,

@@ -57,14 +57,14 @@ def _value_start_index(tokens: list[str], labels: tuple[str, ...]) -> int | None
 def label_distribution(message: AIMessage, labels: tuple[str, ...] = VERDICT_LABELS) -> dict[str, float] | None:
     """P(label) for each of `labels` at the label's first token, normalised over the labels.
 
-    The top alternatives at the token where the label value starts are matched to the label they
-    are a prefix of (case- and space-insensitive, quotes ignored); a token that is a prefix of
+    The top alternatives at the token where the label value starts (at least two distinct tokens:
+    the sampled token alone says nothing about the others) are matched to the label they are a prefix of (case- and space-insensitive, quotes ignored); a token that is a prefix of
     several labels (or of none) is not counted. Each label's probabilities are summed, then divided
     by the total over all labels.
 
     Returns:
         {label: probability} summing to 1, or None when the message has no logprobs, no label
-        token, or no alternative that matches a label.
+        token, a single alternative at it, or no alternative that matches a label.
     """
     entries = token_entries(message)
     if entries is None:
@@ -78,6 +78,8 @@ def label_distribution(message: AIMessage, labels: tuple[str, ...] = VERDICT_LAB
     alternatives = list(entry.get("top_logprobs") or [])
     if not any(a.get("token") == entry.get("token") for a in alternatives):
         alternatives.append({"token": entry.get("token", ""), "logprob": entry.get("logprob")})
+    if len({str(a.get("token", "")) for a in alternatives}) < 2:
+        return None  # only the sampled token: nothing is known about the other labels
     mass = dict.fromkeys(labels, 0.0)
     for alt in alternatives:
         n = _norm(str(alt.get("token", "")))
