@@ -17,7 +17,14 @@ from agent.config import load_config
 from evals.fakeserver import FakeOpenAIServer
 from memory.embed import default_embedder
 from memory.store import ExampleInput, open_store
-from tests.agent_fixtures import DEFECT_BOX, label_logprobs, texture, verdict_json, with_defect, write_set
+from tests.agent_fixtures import (
+    DEFECT_BOX,
+    label_logprobs,
+    texture,
+    verdict_json,
+    with_defect,
+    write_set,
+)
 from tools.images import load_image
 
 
