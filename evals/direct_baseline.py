@@ -60,6 +60,11 @@ class DirectBaseline:
         self, image: str, *, category: str | None = None, references: list[str] | None = None
     ) -> Verdict:
         """One yes/no call; bad input or a server failure comes back as an error verdict."""
+        verdict = await self._adetect(image, category, references)
+        verdict.backend, verdict.model_id = self.backend.name, self.backend.model_id
+        return verdict
+
+    async def _adetect(self, image: str, category: str | None, references: list[str] | None) -> Verdict:
         t0 = time.perf_counter()
         given = list(references or [])
         refs = given[: max(0, self.config.max_images_per_request - 1)]  # the query is one of the request's images

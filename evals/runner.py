@@ -549,6 +549,7 @@ def evaluate(
     names = [c.name for c in categories]
     metrics = compute_metrics(paths.results, chash, names)
     metrics["config_hash"] = chash
+    metrics["backend"], metrics["served_model"] = config.get("backend"), config.get("served_model")
     metrics["n_planned"] = len(items)
     paths.metrics.write_text(json.dumps(metrics, indent=2, default=str))
     return paths, stats, metrics

@@ -47,6 +47,42 @@ def memory_sink_for(config, agent):
     return add
 
 
+def resolved_config(cfg, backend) -> dict:
+    """The run's config as recorded and hashed: secrets masked, ``backend`` the one actually used (never
+    "auto"; the setting as given is kept as ``backend_requested``) and ``served_model`` its model id."""
+    data = cfg.masked()
+    data["backend_requested"] = data["backend"]
+    data["backend"] = backend.name
+    data["served_model"] = backend.model_id
+    return data
+
+
+def check_resume_backend(run_dir: Path, run_config: dict, reason: str) -> None:
+    """Refuse to resume a run whose finished verdicts came from another backend or model.
+
+    Raises:
+        UserInputError: the run's config.json names another backend or served model.
+    """
+    import json
+
+    from agent.errors import UserInputError
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text()).get("config") or {}
+    before = (old.get("backend"), old.get("served_model"))
+    now = (run_config["backend"], run_config["served_model"])
+    if before != now:
+        msg = (
+            f"{run_dir} was run with backend {before[0]} (model {before[1]}), but this run would use backend "
+            f"{now[0]} (model {now[1]}; {reason}); resuming would mix their verdicts in one results.jsonl. "
+            f"Fix: make the same backend available again (e.g. restart the endpoint) and rerun with --resume, "
+            f"or start a new run with --out"
+        )
+        raise UserInputError(msg)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -83,8 +119,8 @@ def register(app: typer.Typer) -> None:
         categories = load_dataset(root, layout=layout, categories=category)
         prompt_names = ["direct_baseline"] if baseline == "direct" else ["agent"]
         phash = prompt_set_hash(prompt_names)
-        chash = config_hash(cfg.masked(), spec, phash)
-        run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{chash}")
+        # the folder follows the settings as given, so `--resume` finds it even when auto resolves differently
+        run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{config_hash(cfg.masked(), spec, phash)}")
         if anomaly_shots:
             # the labelled anomalies go into the run's own store, not the user's memory
             cfg = cfg.model_copy(update={"memory_path": run_dir / "memory"})
@@ -102,13 +138,16 @@ def register(app: typer.Typer) -> None:
         n_test = sum(len(c.test) for c in categories)
         err.print(f"eval: {len(categories)} categories, {n_test} test images, {shots} shots, {note}")
         err.print(f"run directory: {run_dir}")
+        run_config = resolved_config(cfg, detector.backend)
+        if resume:
+            check_resume_backend(run_dir, run_config, detector.backend.reason)
         sink = memory_sink_for(cfg, detector) if anomaly_shots else None
         paths, stats, _ = evaluate(
             detector,
             categories,
             spec,
             run_dir,
-            cfg.masked(),
+            run_config,
             {"root": str(root.expanduser().absolute()), "layout": layout, "categories": [c.name for c in categories]},
             prompt_hash=phash,
             concurrency=concurrency,

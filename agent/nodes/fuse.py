@@ -92,6 +92,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         regions=regions,
         explanation=explanation,
         evidence=evidence,
+        backend=rt.backend.name,
         model_id=rt.backend.model_id,
         prompt_hash=rt.prompts.hash,
         usage=Usage(
