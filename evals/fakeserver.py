@@ -55,7 +55,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +205,32 @@ def _make_logprobs(reply: Reply, top_n: int) -> list[dict]:
     return entries
 
 
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(str(b.get("text", "")) for b in content or [] if isinstance(b, dict))
+    return ""
+
+
+def inspection_responder(body: dict) -> Reply:
+    """A reply for whatever the agent or the direct baseline asks, so a whole eval runs against the
+    fake server: the verdict JSON (label "normal", P(normal) 0.7) when JSON is asked for (a
+    ``response_format``, or a prompt that asks for JSON), "No" (P(no) 0.7) to a yes/no question,
+    and a short note that calls no tool to an agent turn with tools."""
+    text = _last_user_text(body).lower()
+    wants_json = bool(body.get("response_format")) or "json" in text
+    if wants_json:
+        verdict = {"label": "normal", "defect_type": None, "regions": [],
+                   "explanation": "fake server: the evidence shows nothing the references lack."}
+        return Reply(content=json.dumps(verdict), label_probs={"normal": 0.7, "anomalous": 0.2, "uncertain": 0.1})
+    if "yes or no" in text:
+        return Reply(content="No", label_probs={"no": 0.7, "yes": 0.3})
+    return Reply(content="fake server: no tool needed; the survey evidence is enough.")
+
+
 def closed_port_url() -> str:
     """A ``http://127.0.0.1:<port>/v1`` URL where nothing listens (connection refused)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -230,6 +256,8 @@ class FakeOpenAIServer:
         max_logprobs: vLLM's ``--max-logprobs`` (default 20, as serve-model passes).
         enable_auto_tool_choice: vLLM's ``--enable-auto-tool-choice`` (serve-model passes it).
         check_model: refuse a ``model`` that is not in `models` with vLLM's 404.
+        responder: called with the request body when the script is used up (before `default`);
+            returns the reply. `inspection_responder` answers the agent and the direct baseline.
 
     Attributes:
         requests: every chat request received, in arrival order.
@@ -250,6 +278,7 @@ class FakeOpenAIServer:
         max_logprobs: int = 20,
         enable_auto_tool_choice: bool = True,
         check_model: bool = True,
+        responder: Callable[[dict], Reply | dict | str] | None = None,
     ) -> None:
         self._script: deque[Reply] = deque(Reply.of(r) for r in script)
         self.latency_s = latency_s
@@ -261,6 +290,7 @@ class FakeOpenAIServer:
         self.max_logprobs = max_logprobs
         self.enable_auto_tool_choice = enable_auto_tool_choice
         self.check_model = check_model
+        self.responder = responder
         self.requests: list[RecordedRequest] = []
         self.served = 0
         self._port = port
@@ -400,6 +430,8 @@ class FakeOpenAIServer:
             return self._error(400, "response_format of type json_schema is not supported by this server")
         if self._script:
             reply = self._script.popleft()
+        elif self.responder is not None:
+            reply = Reply.of(self.responder(body))
         elif self.default is not None:
             reply = self.default
         else:
@@ -505,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat request")
     parser.add_argument("--max-images", type=int, default=4, help="images per request, like vLLM's --limit-mm-per-prompt")
     parser.add_argument("--max-logprobs", type=int, default=20, help="like vLLM's --max-logprobs")
+    parser.add_argument("--inspect", action="store_true",
+                        help="answer the agent and the direct baseline by request (inspection_responder), "
+                        "so `eval` and `python -m evals.gpu_check --base-url` run against it")
     parser.add_argument(
         "--content",
         default='{"label": "normal", "confidence": 0.5, "defect_type": null, "explanation": "fake server reply"}',
@@ -512,7 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(models=[args.model], default={"content": args.content}, latency_s=args.latency,
-                              port=args.port, max_images=args.max_images, max_logprobs=args.max_logprobs)
+                              port=args.port, max_images=args.max_images, max_logprobs=args.max_logprobs,
+                              responder=inspection_responder if args.inspect else None)
     with server:
         print(f"fake OpenAI server at {server.base_url} (Ctrl-C to stop)", flush=True)
         try:

@@ -318,6 +318,10 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
         )
         raise UserInputError(msg)
     extra: dict[str, Any] = {"logprobs": True, "top_logprobs": top_logprobs} if logprobs else {}
+    # an async client of this model's own: langchain-openai's default one is cached per (base_url,
+    # timeout) for the whole process and stays bound to the first event loop, so a second
+    # `asyncio.run` (a second eval in one process) would fail with "Event loop is closed"
+    extra["http_async_client"] = httpx.AsyncClient(timeout=config.request_timeout_s)
     return OpenAIChatModel(
         base_url=config.base_url,
         api_key=config.api_key,
