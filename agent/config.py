@@ -96,6 +96,10 @@ class AgentConfig(BaseSettings):
     clip_pretrained: str = "laion400m_e32"
     sam_checkpoint: Path | None = None
     sam_model_type: str = "vit_b"
+    dinov2_weights: Path | None = Field(
+        None, description="DINOv2 ViT weights for backbone 'dinov2_vit' (dinov2_vits14_pretrain.pth from "
+        "dl.fbaipublicfiles.com/dinov2, or a timm *_dinov2 model.safetensors); default: that file in weights_dir "
+        "or ~/.cache/torch/hub/checkpoints")
     weights_dir: Path | None = Field(None, description="folder searched first for weight files")
     allow_downloads: bool = False
 
