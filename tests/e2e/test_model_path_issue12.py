@@ -114,6 +114,7 @@ def test_a_model_answering_normal_without_logprobs_never_hides_measured_defects(
         agent = AnomalyAgent.from_config(_cfg(srv, tmp_path, max_model_calls=1))
         verdicts = [agent.detect(p, category="texture", references=refs) for p in paths]
     assert [v.pred_label for v in verdicts] == ["anomalous"] * 5, [v.explanation for v in verdicts]
+    assert all(v.pred_score >= 0.8 for v in verdicts), [v.pred_score for v in verdicts]  # main: 0.50, on the edge
     for v in verdicts:
         assert v.score_source == "label"
         assert "Disagreement: patch_knn flagged box" in v.explanation
