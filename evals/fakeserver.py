@@ -28,7 +28,8 @@ vLLM releases sent the same fields flat, with ``"object": "error"``):
   for "system" messages), and OpenAI refuses them ("Image URLs are only allowed for messages with
   role 'user'"), so the fake server is strict and answers with OpenAI's wording;
 - ``top_logprobs`` (with ``logprobs``) over ``--max-logprobs`` (vLLM default 20): 400 "Requested sample
-  logprobs of N, which is greater than max allowed: M" (vLLM's input processor, vllm/v1/engine/processor.py).
+  logprobs of N, which is greater than max allowed: M" (vLLM's V1 input processor, ``_validate_logprobs``;
+  newer releases append " (parameter=logprobs, value=N)").
 
 Every request the agent sends in the test suite goes through these checks.
 
