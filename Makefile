@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ demo: setup
 
 bench: setup
 	$(PY) -m evals.bench.all
+
+# The model path on a GPU machine: serve-model + eval (openai, none, direct) + one compare report.
+# GPU_MODEL is a HF id or a local path; against a running server: make gpu-check GPU_CHECK_ARGS="--base-url URL"
+GPU_MODEL ?= Qwen/Qwen3-VL-8B-Instruct
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(PY) -m evals.gpu_check $(GPU_MODEL) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -94,6 +94,7 @@ class AnomalyAgent:
         name = str(image) if isinstance(image, str | Path) else None
         if exc is not None:
             verdict = error_verdict(name, category, exc)
+            verdict.backend, verdict.model_id = self.backend.name, self.backend.model_id
         else:
             verdict = Verdict.model_validate(state["verdict"])
         verdict.timings["total_ms"] = (time.perf_counter() - started) * 1000.0

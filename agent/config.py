@@ -96,18 +96,29 @@ class AgentConfig(BaseSettings):
     clip_pretrained: str = "laion400m_e32"
     sam_checkpoint: Path | None = None
     sam_model_type: str = "vit_b"
+    dinov2_weights: Path | None = Field(
+        None, description="DINOv2 ViT weights for backbone 'dinov2_vit' (dinov2_vits14_pretrain.pth from "
+        "dl.fbaipublicfiles.com/dinov2, or a timm *_dinov2 model.safetensors); default: that file in weights_dir "
+        "or ~/.cache/torch/hub/checkpoints")
     weights_dir: Path | None = Field(None, description="folder searched first for weight files")
     allow_downloads: bool = False
 
     # budgets
     max_model_calls: int = Field(8, ge=1)
     max_tool_calls: int = Field(12, ge=0)
-    max_images_per_call: int = Field(4, ge=1)
+    max_images_per_request: int = Field(
+        4, ge=1, description="images in one model request, the query always among them; `serve-model` "
+        "passes the same number to vLLM as --limit-mm-per-prompt (older images become a text line)")
+    max_memory_normals: int = Field(8, ge=0, description="nearest normal examples retrieved from memory")
+    max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
     max_wall_s: float = Field(180.0, gt=0)
     max_reflections: int = Field(1, ge=0)
 
     # decision
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    dismiss_confidence: float = Field(
+        0.9, ge=0.5, le=1.0, description="the model's P(normal), from token log-probabilities, needed to "
+        "overrule tools that flag the query; a label without probabilities or 'uncertain' never does")
 
     # memory
     memory_path: Path = Field(default_factory=lambda: default_home() / "memory")

@@ -68,6 +68,10 @@ def run_checks(cfg: AgentConfig) -> tuple[dict, list[Check]]:
     checks: list[Check] = []
     ok, detail = _optional_status("tools.backbones", "weights_status", cfg.backbone, settings)
     checks.append(Check(f"patch backbone ({cfg.backbone})", ok, True, detail))
+    if cfg.backbone != "dinov2_vit":  # the GPU users' patch backbone: say where its weights go
+        ok, detail = _optional_status("tools.backbones", "weights_status", "dinov2_vit", settings)
+        checks.append(Check("patch backbone option (dinov2_vit)", ok, False,
+                            detail if not ok else f"{detail}; use it with ANOMALY_AGENT_BACKBONE=dinov2_vit"))
     ok, detail = _optional_status("tools.clip_models", "clip_weights_status", settings)
     checks.append(Check(f"CLIP ({cfg.clip_model}, {cfg.clip_pretrained})", ok, False,
                         detail if ok else f"{detail} (zero-shot without references needs it)"))

@@ -23,7 +23,7 @@ class Budget(BaseModel):
 
     max_model_calls: int = Field(8, ge=1)
     max_tool_calls: int = Field(12, ge=0)
-    max_images_per_call: int = Field(4, ge=1)
+    max_images_per_request: int = Field(4, ge=1)
     max_wall_s: float = Field(180.0, gt=0)
 
 
@@ -85,7 +85,8 @@ class Verdict(BaseModel):
         regions: anomalous regions, boxes in original-image pixels.
         explanation: plain words citing the evidence by tool name and number. Never empty when ok.
         evidence: every tool result that informed the verdict.
-        model_id / prompt_hash: which model and which prompt set produced it.
+        backend / model_id / prompt_hash: the backend actually used ("openai", "transformers",
+            "scripted", "none"; never "auto"), the served or loaded model's id, and the prompt set.
         usage / timings: consumption and wall times in ms per stage.
         budget_exhausted: the loop stopped on its budget and decided with what it had.
         status / error: "ok", or "error" with the reason (a batch never drops an item silently).
@@ -103,6 +104,7 @@ class Verdict(BaseModel):
     regions: list[Region] = Field(default_factory=list)
     explanation: str = ""
     evidence: list[Evidence] = Field(default_factory=list)
+    backend: str | None = None
     model_id: str | None = None
     prompt_hash: str | None = None
     usage: Usage = Field(default_factory=Usage)

@@ -43,9 +43,11 @@ class State(InputState, total=False):
     prompt_tokens: int
     completion_tokens: int
     reflections: int
-    model_answer: dict[str, Any] | None  # label, defect_type, regions, explanation, probability, repaired
+    model_answer: dict[str, Any] | None  # label, defect_type, regions, explanation,
+    # probability (P(a) + 0.5 P(u) from logprobs), p_normal, label_probs, repaired
     model_error: str | None  # the model's verdict failed validation after the repair turn
     budget_exhausted: str | None  # the reason, when the loop stopped on its budget
+    image_drops: Annotated[list[dict[str, Any]], operator.add]  # {"model_call", "dropped": [labels]} per request
     verdict: dict[str, Any] | None
     timings: Annotated[dict[str, float], merge_dicts]
     # chat sessions: "detect" until the verdict exists, then "chat"; budgets count from the turn's start

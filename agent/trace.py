@@ -42,6 +42,7 @@ def write_trace(trace_dir: Path, run_id: str, state: dict, verdict: Verdict) -> 
         ],
         "evidence": evidence,
         "model_answer": state.get("model_answer"),
+        "images_dropped": state.get("image_drops", []),
         "timings": verdict.timings,
         "usage": verdict.usage.model_dump(),
         "verdict": verdict.model_dump(mode="json"),

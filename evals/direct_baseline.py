@@ -60,8 +60,14 @@ class DirectBaseline:
         self, image: str, *, category: str | None = None, references: list[str] | None = None
     ) -> Verdict:
         """One yes/no call; bad input or a server failure comes back as an error verdict."""
+        verdict = await self._adetect(image, category, references)
+        verdict.backend, verdict.model_id = self.backend.name, self.backend.model_id
+        return verdict
+
+    async def _adetect(self, image: str, category: str | None, references: list[str] | None) -> Verdict:
         t0 = time.perf_counter()
-        refs = list(references or [])
+        given = list(references or [])
+        refs = given[: max(0, self.config.max_images_per_request - 1)]  # the query is one of the request's images
         try:
             messages = await asyncio.to_thread(self._messages, image, category, refs)
         except (ImageInputError, FileNotFoundError) as exc:
@@ -100,7 +106,7 @@ class DirectBaseline:
             score_source=source,
             explanation=(
                 f"direct baseline: asked whether the image shows an anomaly with {len(refs)} normal "
-                f"reference(s); the model answered {answer[:40]!r}, P(yes) = {p_yes:.3f} {how}."
+                f"reference(s){'' if len(refs) == len(given) else f' (of {len(given)}: max_images_per_request)'}; the model answered {answer[:40]!r}, P(yes) = {p_yes:.3f} {how}."
             ),
             model_id=self.backend.model_id,
             prompt_hash=self.prompts.hash,

@@ -7,6 +7,32 @@ replies (``asyncio.sleep``, so concurrent requests overlap), malformed JSON, inv
 arguments, unknown tool names, and rejection of ``response_format`` json_schema with a 400.
 Connection refused is `closed_port_url()`.
 
+Like a vLLM server started by ``anomaly-agent serve-model``, it refuses requests that vLLM refuses,
+before any script step is used, with vLLM's status codes and error body
+``{"error": {"message", "type", "param", "code"}}`` (vLLM's ``ErrorResponse``/``ErrorInfo``; older
+vLLM releases sent the same fields flat, with ``"object": "error"``):
+
+- an unknown ``model``: 404 ``NotFoundError`` "The model `X` does not exist." (vLLM
+  ``OpenAIServing._check_model`` in vllm/entrypoints/openai/serving_engine.py, vllm-project/vllm);
+- ``tool_choice`` "auto" (also the default when ``tools`` are sent without a ``tool_choice``, vLLM
+  ``ChatCompletionRequest.check_tool_usage``) on a server without ``--enable-auto-tool-choice``: 400
+  '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+  (vLLM ``OpenAIServingChat.create_chat_completion``, vllm/entrypoints/openai/serving_chat.py; the
+  tool-calling docs, https://docs.vllm.ai/en/latest/features/tool_calling.html);
+- more images in one request than ``--limit-mm-per-prompt`` allows (counted over all messages): 400
+  "At most N image(s) may be provided in one prompt." (vLLM ``MultiModalItemTracker`` in
+  vllm/entrypoints/chat_utils.py; older releases said "in one request", vllm-project/vllm issues
+  #9739 and #17092; the limit is per request, https://docs.vllm.ai/en/latest/configuration/engine_args/);
+- an image block in a message whose role is not "user": 400. vLLM's own handling depends on the
+  version and chat template (issue #43203: images in "tool" messages rejected; PR #34072: a warning
+  for "system" messages), and OpenAI refuses them ("Image URLs are only allowed for messages with
+  role 'user'"), so the fake server is strict and answers with OpenAI's wording;
+- ``top_logprobs`` (with ``logprobs``) over ``--max-logprobs`` (vLLM default 20): 400 "Requested sample
+  logprobs of N, which is greater than max allowed: M" (vLLM's V1 input processor, ``_validate_logprobs``;
+  newer releases append " (parameter=logprobs, value=N)").
+
+Every request the agent sends in the test suite goes through these checks.
+
 Usage::
 
     with FakeOpenAIServer(script=[{"content": "hi"}], latency_s=0.0) as srv:
@@ -30,7 +56,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +85,7 @@ class Reply:
         raw_body: answer 200 with exactly this text (JSON content type when it starts with "{",
             else ``text/html``, e.g. a proxy's login page).
         usage: overrides the reported token usage.
+        omit_logprobs: answer ``"logprobs": null`` even when asked (a server or model without them).
     """
 
     content: str | None = None
@@ -71,6 +98,7 @@ class Reply:
     malformed: bool = False
     raw_body: str | None = None
     usage: dict | None = None
+    omit_logprobs: bool = False
 
     @classmethod
     def of(cls, item: Reply | dict | str) -> Reply:
@@ -91,12 +119,14 @@ class RecordedRequest:
             text when the data URL could not be decoded (None when decoding is off).
         image_formats: "PNG"/"JPEG"/... per image (None when undecodable or decoding is off).
         handled_ms: server-side time to parse, decode and answer, excluding the scripted delay.
+        rejected: the error message when the server refused the request (a vLLM check), else None.
     """
 
     body: dict
     images: list[np.ndarray | str | None] = field(default_factory=list)
     image_formats: list[str | None] = field(default_factory=list)
     handled_ms: float = 0.0
+    rejected: str | None = None
 
     @property
     def messages(self) -> list[dict]:
@@ -176,6 +206,32 @@ def _make_logprobs(reply: Reply, top_n: int) -> list[dict]:
     return entries
 
 
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(str(b.get("text", "")) for b in content or [] if isinstance(b, dict))
+    return ""
+
+
+def inspection_responder(body: dict) -> Reply:
+    """A reply for whatever the agent or the direct baseline asks, so a whole eval runs against the
+    fake server: the verdict JSON (label "normal", P(normal) 0.7) when JSON is asked for (a
+    ``response_format``, or a prompt that asks for JSON), "No" (P(no) 0.7) to a yes/no question,
+    and a short note that calls no tool to an agent turn with tools."""
+    text = _last_user_text(body).lower()
+    wants_json = bool(body.get("response_format")) or "json" in text
+    if wants_json:
+        verdict = {"label": "normal", "defect_type": None, "regions": [],
+                   "explanation": "fake server: the evidence shows nothing the references lack."}
+        return Reply(content=json.dumps(verdict), label_probs={"normal": 0.7, "anomalous": 0.2, "uncertain": 0.1})
+    if "yes or no" in text:
+        return Reply(content="No", label_probs={"no": 0.7, "yes": 0.3})
+    return Reply(content="fake server: no tool needed; the survey evidence is enough.")
+
+
 def closed_port_url() -> str:
     """A ``http://127.0.0.1:<port>/v1`` URL where nothing listens (connection refused)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -196,6 +252,13 @@ class FakeOpenAIServer:
             (like servers without guided decoding), without consuming a script step.
         decode_images: decode the data-URL images of each request (off for pure-overhead benchmarks).
         port: 0 picks a free port.
+        max_images: vLLM's ``--limit-mm-per-prompt`` image limit per request (None: no limit);
+            `anomaly-agent serve-model` passes ``max_images_per_request`` (default 4).
+        max_logprobs: vLLM's ``--max-logprobs`` (default 20, as serve-model passes).
+        enable_auto_tool_choice: vLLM's ``--enable-auto-tool-choice`` (serve-model passes it).
+        check_model: refuse a ``model`` that is not in `models` with vLLM's 404.
+        responder: called with the request body when the script is used up (before `default`);
+            returns the reply. `inspection_responder` answers the agent and the direct baseline.
 
     Attributes:
         requests: every chat request received, in arrival order.
@@ -212,6 +275,11 @@ class FakeOpenAIServer:
         reject_json_schema: bool = False,
         decode_images: bool = True,
         port: int = 0,
+        max_images: int | None = 4,
+        max_logprobs: int = 20,
+        enable_auto_tool_choice: bool = True,
+        check_model: bool = True,
+        responder: Callable[[dict], Reply | dict | str] | None = None,
     ) -> None:
         self._script: deque[Reply] = deque(Reply.of(r) for r in script)
         self.latency_s = latency_s
@@ -219,6 +287,11 @@ class FakeOpenAIServer:
         self.default = Reply.of(default) if default is not None else None
         self.reject_json_schema = reject_json_schema
         self.decode_images = decode_images
+        self.max_images = max_images
+        self.max_logprobs = max_logprobs
+        self.enable_auto_tool_choice = enable_auto_tool_choice
+        self.check_model = check_model
+        self.responder = responder
         self.requests: list[RecordedRequest] = []
         self.served = 0
         self._port = port
@@ -299,10 +372,36 @@ class FakeOpenAIServer:
         return web.json_response({"object": "list", "data": data})
 
     @staticmethod
-    def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+    def _error(status: int, message: str, headers: dict | None = None, param: str | None = None) -> web.Response:
+        """vLLM's error body: ``{"error": {"message", "type", "param", "code"}}``."""
         kind = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}.get(status, "InternalServerError")
-        body = {"error": {"message": message, "type": kind, "code": status}, "object": "error"}
+        body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
         return web.json_response(body, status=status, headers=headers)
+
+    def vllm_check(self, body: dict) -> tuple[int, str, str | None] | None:
+        """(status, message, param) of the first vLLM check `body` fails, in vLLM's order, or None."""
+        model = body.get("model")
+        if self.check_model and model not in self.models:
+            return 404, f"The model `{model}` does not exist.", None
+        tool_choice = body.get("tool_choice", "auto" if body.get("tools") else "none")
+        if tool_choice == "auto" and not self.enable_auto_tool_choice:
+            return 400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set', None
+        n_images = 0
+        for i, message in enumerate(body.get("messages") or []):
+            content = message.get("content")
+            blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+            images = sum(1 for b in blocks if b.get("type") == "image_url")
+            role = message.get("role")
+            if images and role != "user":
+                return 400, (f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role 'user', "
+                             f"but this message with role '{role}' contains an image URL."), "messages"
+            n_images += images
+            if self.max_images is not None and n_images > self.max_images:
+                return 400, f"At most {self.max_images} image(s) may be provided in one prompt.", None
+        top = body.get("top_logprobs")
+        if body.get("logprobs") and top is not None and int(top) > self.max_logprobs:
+            return 400, f"Requested sample logprobs of {int(top)}, which is greater than max allowed: {self.max_logprobs}", "logprobs"
+        return None
 
     async def _chat(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
@@ -320,12 +419,20 @@ class FakeOpenAIServer:
         elif urls:
             record.images, record.image_formats = [None] * len(urls), [None] * len(urls)
 
+        problem = self.vllm_check(body)
+        if problem is not None:
+            status, message, param = problem
+            record.rejected = message
+            record.handled_ms = (time.perf_counter() - start) * 1000
+            return self._error(status, message, param=param)
         response_format = body.get("response_format") or {}
         if self.reject_json_schema and response_format.get("type") == "json_schema":
             record.handled_ms = (time.perf_counter() - start) * 1000
             return self._error(400, "response_format of type json_schema is not supported by this server")
         if self._script:
             reply = self._script.popleft()
+        elif self.responder is not None:
+            reply = Reply.of(self.responder(body))
         elif self.default is not None:
             reply = self.default
         else:
@@ -392,7 +499,7 @@ class FakeOpenAIServer:
         if tool_calls:
             message["tool_calls"] = tool_calls
         logprobs = None
-        if body.get("logprobs"):
+        if body.get("logprobs") and not reply.omit_logprobs:
             logprobs = {"content": _make_logprobs(reply, int(body.get("top_logprobs") or 0)), "refusal": None}
         text_chars = sum(
             len(m["content"]) if isinstance(m.get("content"), str)
@@ -429,13 +536,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default="fake-vlm")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat request")
+    parser.add_argument("--max-images", type=int, default=4, help="images per request, like vLLM's --limit-mm-per-prompt")
+    parser.add_argument("--max-logprobs", type=int, default=20, help="like vLLM's --max-logprobs")
+    parser.add_argument("--inspect", action="store_true",
+                        help="answer the agent and the direct baseline by request (inspection_responder), "
+                        "so `eval` and `python -m evals.gpu_check --base-url` run against it")
     parser.add_argument(
         "--content",
         default='{"label": "normal", "confidence": 0.5, "defect_type": null, "explanation": "fake server reply"}',
         help="the reply text for every request",
     )
     args = parser.parse_args(argv)
-    server = FakeOpenAIServer(models=[args.model], default={"content": args.content}, latency_s=args.latency, port=args.port)
+    server = FakeOpenAIServer(models=[args.model], default={"content": args.content}, latency_s=args.latency,
+                              port=args.port, max_images=args.max_images, max_logprobs=args.max_logprobs,
+                              responder=inspection_responder if args.inspect else None)
     with server:
         print(f"fake OpenAI server at {server.base_url} (Ctrl-C to stop)", flush=True)
         try:

@@ -642,6 +642,7 @@ def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, c
     planned = {(it.sample.category, it.sample.path, chash, it.repeat): planned_record(it) for it in items}
     metrics = compute_metrics(paths.results, chash, names, target_fpr=target_fpr, n_boot=n_boot, planned=planned)
     metrics["config_hash"] = chash
+    metrics["backend"], metrics["served_model"] = config.get("backend"), config.get("served_model")
     metrics["n_planned"] = len(items)
     metrics["n_reference_items"] = len(ref_items)
     paths.metrics.write_text(json.dumps(metrics, indent=2, default=str))

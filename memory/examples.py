@@ -82,7 +82,7 @@ def label_line(index: int, example: MemoryExample, similarity: float | None) -> 
 
 
 def render_examples(
-    examples: list[tuple[MemoryExample, float]], max_images: int, max_side: int = 512
+    examples: list[tuple[MemoryExample, float]], max_images: int, max_side: int = 512, list_rest: bool = False
 ) -> list[BaseMessage]:
     """In-context few-shot examples as LangChain messages.
 
@@ -90,31 +90,39 @@ def render_examples(
         examples: (example, cosine similarity to the query) pairs, as `ExampleStore.nearest` returns.
         max_images: at most this many example images are attached (most similar first).
         max_side: each image is downscaled so its longer side is at most this many pixels.
+        list_rest: examples beyond `max_images` still appear as their label line, marked "(image not
+            shown)" (the request's image budget is spent), instead of being left out.
 
     Returns:
         [] when there is nothing to show, else one `HumanMessage` whose content is a list of blocks:
         an intro text, then per example a text label line followed by its ``image_url`` block.
         Examples whose image file cannot be read are skipped (logged), not fatal.
     """
-    if max_images <= 0 or not examples:
+    if (max_images <= 0 and not list_rest) or not examples:
         return []
     ranked = sorted(examples, key=lambda pair: -float(pair[1]))
     blocks: list[dict] = []
-    shown = 0
+    shown = listed = 0
     counts = {"normal": 0, "anomalous": 0}
     for example, similarity in ranked:
         if shown >= max_images:
-            break
+            if not list_rest:
+                break
+            listed += 1
+            counts[example.label] += 1
+            blocks.append({"type": "text", "text": f"{label_line(listed, example, float(similarity))} (image not shown)"})
+            continue
         try:
             pixels = load_image(example.image_path)
         except ImageInputError as exc:
             log.warning("memory example %s skipped: %s", example.id, exc)
             continue
         shown += 1
+        listed += 1
         counts[example.label] += 1
-        blocks.append({"type": "text", "text": label_line(shown, example, float(similarity))})
+        blocks.append({"type": "text", "text": label_line(listed, example, float(similarity))})
         blocks.append(image_content_block(pixels, max_side=max_side))
-    if not shown:
+    if not blocks:
         return []
     intro = (
         f"Reference examples from memory ({counts['normal']} NORMAL, {counts['anomalous']} ANOMALOUS), "

@@ -13,6 +13,12 @@ Registered names (`backbone_names()`):
   `tools.weights.resolve_weight_file`; taps ``layer1``..``layer4``.
 - ``clip_vit``: the open_clip ViT named by ``settings.clip_model`` / ``settings.clip_pretrained``
   (a pretrained tag whose file is cached, or a checkpoint path); taps transformer blocks.
+- ``dinov2_vit``: a DINOv2 ViT (AnomalyDINO-style patch kNN: the last block's normalised patch
+  tokens, stride 14), built with timm from a local weight file in torch-hub format
+  (``dinov2_vits14_pretrain.pth``, facebookresearch/dinov2) or timm format (``model.safetensors`` of
+  ``timm/vit_small_patch14_dinov2.lvd142m``); the architecture (width, depth, patch, registers) is
+  read from the file. ``settings.dinov2_weights`` names the file, else ``dinov2_vits14_pretrain.pth``
+  is looked for in ``weights_dir`` and the torch hub cache.
 
 `get_backbone` caches one instance per (name, device, weights); weights load on first use.
 """
@@ -37,6 +43,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 
+DINOV2_FILE = "dinov2_vits14_pretrain.pth"
+DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/{DINOV2_FILE}"
+DINOV2_HEAD_DIM = 64  # every DINOv2 ViT (S/B/L/g) uses 64-dim attention heads
 WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
 WRN50_URL = f"https://download.pytorch.org/models/{WRN50_FILE}"
 
@@ -215,6 +224,99 @@ class OpenClipViTBackbone(Backbone):
         return self.module.encode_image(x)
 
 
+class TimmViTBackbone(Backbone):
+    """A timm VisionTransformer (DINOv2); taps ``block<i>`` patch tokens as BxCxhxw maps (stride = patch).
+
+    Any input size works: the position embeddings are interpolated (timm ``dynamic_img_size``) and the
+    input is padded to a multiple of the patch, so h = ceil(H / patch). Maps go through the final
+    LayerNorm, as DINOv2's ``get_intermediate_layers(norm=True)``.
+    """
+
+    def _forward_taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        indices = [int(name[5:]) for name in layers]
+        maps = self.module.forward_intermediates(x, indices=indices, norm=True, output_fmt="NCHW",
+                                                 intermediates_only=True)
+        return dict(zip(layers, maps, strict=True))
+
+    def _global(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_features(x)[:, 0]  # the class token after the final norm
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch checkpoint (``model`` / ``state_dict`` wrappers unwrapped)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def dinov2_from_state_dict(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A timm VisionTransformer shaped like the DINOv2 checkpoint `state` (torch-hub or timm keys), loaded.
+
+    Width, depth, patch size, MLP ratio, image size and register tokens are read from the tensors;
+    heads are width / 64 (as in every DINOv2 model).
+
+    Raises:
+        WeightsNotFoundError: the file is not a DINOv2 ViT state dict.
+    """
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        msg = ("the dinov2 weight file is not a DINOv2 ViT state dict (no patch_embed.proj.weight / pos_embed). "
+               "Fix: point ANOMALY_AGENT_DINOV2_WEIGHTS at dinov2_vit*14_pretrain.pth or a timm *_dinov2 model.safetensors")
+        raise WeightsNotFoundError(msg)
+    width, _, patch, _ = state["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    hidden = (state.get("blocks.0.mlp.fc1.weight") if "blocks.0.mlp.fc1.weight" in state else state["blocks.0.mlp.w12.weight"]).shape[0]
+    swiglu = "blocks.0.mlp.w12.weight" in state or "blocks.0.mlp.fc1_g.weight" in state
+    n_reg = int(state["register_tokens"].shape[1]) if "register_tokens" in state else (
+        int(state["reg_token"].shape[1]) if "reg_token" in state else 0)
+    n_pos = int(state["pos_embed"].shape[1]) - (1 if n_reg == 0 or "register_tokens" in state else 0)
+    grid = int(round(n_pos ** 0.5))
+    kwargs = {"img_size": grid * patch, "patch_size": patch, "embed_dim": width, "depth": depth,
+              "num_heads": max(1, width // DINOV2_HEAD_DIM), "mlp_ratio": hidden / width,
+              "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True, "dynamic_img_pad": True}
+    if n_reg:
+        kwargs.update(reg_tokens=n_reg, no_embed_class=True)
+    if swiglu:
+        from timm.layers import SwiGLUPacked
+
+        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
+    model = VisionTransformer(**kwargs)
+    model.load_state_dict(checkpoint_filter_fn(dict(state), model), strict=True)
+    return model
+
+
+def _dinov2_weight_path(settings: ToolSettings) -> Path:
+    return resolve_weight_file(
+        DINOV2_FILE, settings, "ANOMALY_AGENT_DINOV2_WEIGHTS",
+        f"download {DINOV2_URL} into ANOMALY_AGENT_WEIGHTS_DIR (or the torch hub cache, "
+        "~/.cache/torch/hub/checkpoints), or set ANOMALY_AGENT_DINOV2_WEIGHTS to a timm "
+        "vit_*_patch14_dinov2 model.safetensors",
+        explicit=settings.dinov2_weights, url=DINOV2_URL,
+    )
+
+
+def dinov2_backbone_from_model(model: torch.nn.Module, model_id: str, device: torch.device) -> Backbone:
+    """Wrap a timm DINOv2 VisionTransformer as a `Backbone` tapping its last block (AnomalyDINO)."""
+    patch = int(model.patch_embed.patch_size[0])
+    depth = len(model.blocks)
+    taps = {f"block{i}": (patch, int(model.embed_dim)) for i in range(depth)}
+    return TimmViTBackbone("dinov2_vit", model_id, model, IMAGENET_MEAN, IMAGENET_STD, taps,
+                           (f"block{depth - 1}",), device, embed_size=16 * patch)
+
+
+def _build_dinov2_vit(settings: ToolSettings, device: torch.device) -> Backbone:
+    path = _dinov2_weight_path(settings)
+    model = dinov2_from_state_dict(load_state_dict_file(path))
+    return dinov2_backbone_from_model(model, f"dinov2_vit@{path.name}", device)
+
+
 def _fetch_hint(package: str) -> str:
     return f"pip install {package}"
 
@@ -351,11 +453,13 @@ _BUILDERS: dict[str, Callable[[ToolSettings, torch.device], Backbone]] = {
     "efficientnet_lite0": _build_efficientnet_lite0,
     "wide_resnet50_2": _build_wide_resnet50_2,
     "clip_vit": _build_clip_vit,
+    "dinov2_vit": _build_dinov2_vit,
 }
 _WEIGHT_CHECKS: dict[str, Callable[[ToolSettings], Path]] = {
     "efficientnet_lite0": _efficientnet_weight_path,
     "wide_resnet50_2": _wrn_weight_path,
     "clip_vit": _clip_weight_path,
+    "dinov2_vit": _dinov2_weight_path,
 }
 _CACHE: dict[tuple, Backbone] = {}
 _CACHE_LOCK = threading.Lock()
@@ -385,6 +489,7 @@ def get_backbone(name: str, settings: ToolSettings | None = None) -> Backbone:
     weights_key = (
         str(settings.weights_dir),
         (settings.clip_model, settings.clip_pretrained) if name == "clip_vit" else None,
+        str(settings.dinov2_weights) if name == "dinov2_vit" else None,
     )
     key = (name, str(device), weights_key)
     with _CACHE_LOCK:

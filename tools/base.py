@@ -34,6 +34,8 @@ class ToolSettings(BaseModel):
         patch_position: patch_knn compares each patch with reference patches at the same place too.
         clip_model / clip_pretrained: open_clip architecture and pretrained tag or checkpoint path.
         sam_checkpoint / sam_model_type: segment-anything checkpoint file and registry key.
+        dinov2_weights: DINOv2 ViT weight file for the ``dinov2_vit`` backbone (torch-hub .pth or timm
+            .safetensors); None: ``dinov2_vits14_pretrain.pth`` in weights_dir or the torch hub cache.
         out_dir: where tools write maps and masks (None: a temporary folder).
     """
 
@@ -49,6 +51,7 @@ class ToolSettings(BaseModel):
     clip_pretrained: str = "laion400m_e32"
     sam_checkpoint: Path | None = None
     sam_model_type: str = "vit_b"
+    dinov2_weights: Path | None = None
     out_dir: Path | None = None
 
 

@@ -35,6 +35,14 @@ def served_models(base_url: str, api_key: str | SecretStr | None = None, timeout
 def check_endpoint(
     base_url: str | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
 ) -> tuple[bool, str]:
+    """`probe_endpoint` as (ok, detail) (see there)."""
+    models, detail = probe_endpoint(base_url, api_key, timeout)
+    return models is not None, detail
+
+
+def probe_endpoint(
+    base_url: str | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
+) -> tuple[list[str] | None, str]:
     """Ask ``GET {base_url}/models`` whether an OpenAI-compatible server answers.
 
     Args:
@@ -43,21 +51,21 @@ def check_endpoint(
         timeout: seconds for the whole request.
 
     Returns:
-        (ok, detail): detail is one line, e.g. ``"http://x/v1 answered; serves: Qwen/Qwen3-VL-8B-Instruct"``
+        (served model ids, or None when it does not answer; detail): detail is one line, e.g. ``"http://x/v1 answered; serves: Qwen/Qwen3-VL-8B-Instruct"``
         or ``"http://x/v1 unreachable (connection refused). Fix: ..."``.
     """
     if not base_url:
-        return False, "no endpoint configured (set --base-url or ANOMALY_AGENT_BASE_URL)"
+        return None, "no endpoint configured (set --base-url or ANOMALY_AGENT_BASE_URL)"
     fix = "Fix: start the server (`anomaly-agent serve-model MODEL`) or set --base-url / ANOMALY_AGENT_BASE_URL"
     try:
         models = served_models(base_url, api_key, timeout)
     except httpx.HTTPStatusError as exc:
         code = exc.response.status_code
         hint = "check --api-key / ANOMALY_AGENT_API_KEY" if code in (401, 403) else "check that base_url ends in /v1"
-        return False, f"{base_url} answered HTTP {code} to GET /models. Fix: {hint}"
+        return None, f"{base_url} answered HTTP {code} to GET /models. Fix: {hint}"
     except httpx.HTTPError as exc:
-        return False, f"{base_url} unreachable ({_cause(exc)}). {fix}"
+        return None, f"{base_url} unreachable ({_cause(exc)}). {fix}"
     except ValueError as exc:
-        return False, f"{base_url}/models is not an OpenAI-compatible answer ({exc}). Fix: check base_url"
+        return None, f"{base_url}/models is not an OpenAI-compatible answer ({exc}). Fix: check base_url"
     shown = ", ".join(models[:5]) + (f" (+{len(models) - 5} more)" if len(models) > 5 else "")
-    return True, f"{base_url} answered; serves: {shown or 'no models'}"
+    return models, f"{base_url} answered; serves: {shown or 'no models'}"

@@ -1,9 +1,9 @@
 """Build the agent's chat model from `AgentConfig`: ``auto``, ``openai``, ``transformers``,
 ``scripted`` or ``none``.
 
-``auto`` picks, in order: the configured OpenAI-compatible endpoint if it answers ``GET /models``;
-the in-process model if its weights resolve locally; otherwise ``none`` (tools and fusion only).
-`Backend.reason` says which and why.
+``auto`` picks, in order: the configured OpenAI-compatible endpoint if it answers ``GET /models``
+and serves the configured ``model``; the in-process model if its weights resolve locally; otherwise
+``none`` (tools and fusion only). `Backend.reason` says which and why, in one line.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Backend:
         name: "openai", "transformers", "scripted" or "none" (never "auto").
         model: the chat model, None for "none".
         model_id: the served / loaded model's id, None for "none".
-        reason: one line, why this backend (e.g. "auto: http://x/v1 answered; serves: ...").
+        reason: one line, which backend and why (e.g. "auto chose openai: http://x/v1 answered; serves: ...").
         supports_logprobs: True when the verdict's P(label) can come from token log-probabilities.
     """
 
@@ -80,24 +80,28 @@ def _local_status(config: AgentConfig) -> tuple[bool, str]:
 
 
 def _auto(config: AgentConfig) -> Backend:
-    from agent.backends.endpoint import check_endpoint
+    from agent.backends.endpoint import probe_endpoint
 
     notes = []
     if config.base_url:
-        ok, detail = check_endpoint(
+        models, detail = probe_endpoint(
             config.base_url, config.api_key, timeout=min(AUTO_PROBE_TIMEOUT_S, config.request_timeout_s)
         )
-        if ok:
-            return _openai(config, f"auto: {detail}")
-        notes.append(detail.split(". Fix:")[0])
+        if models is not None and config.model in models:
+            return _openai(config, f"auto chose openai: {detail}")
+        if models is not None:
+            notes.append(f"{config.base_url} does not serve the configured model {config.model!r} "
+                         f"(it serves: {', '.join(models[:5]) or 'nothing'}; set --model / ANOMALY_AGENT_MODEL)")
+        else:
+            notes.append(detail.split(". Fix:")[0])
     else:
         notes.append("no endpoint configured")
     ok, detail = _local_status(config)
     if ok:
-        return _transformers(config, f"auto: {notes[0]}; local model {config.local_model}: {detail}")
+        return _transformers(config, f"auto chose transformers: {notes[0]}; local model {config.local_model}: {detail}")
     notes.append(f"local model {config.local_model}: {detail}")
     reason = (
-        f"auto: no model ({'; '.join(notes)}); running tools and fusion only. Fix: start a server "
+        f"auto chose none: no model ({'; '.join(notes)}); running tools and fusion only. Fix: start a server "
         "(`anomaly-agent serve-model`) and set --base-url, or put the local model's weights in the HF cache"
     )
     return Backend("none", None, None, reason, supports_logprobs=False)

@@ -11,7 +11,7 @@ import binascii
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -121,6 +121,62 @@ def count_images(messages: Sequence[BaseMessage]) -> int:
     )
 
 
+def _is_image(block: object) -> bool:
+    return isinstance(block, dict) and block.get("type") in ("image_url", "image")
+
+
+def _block_url(block: dict) -> str:
+    image_url = block.get("image_url")
+    return str(image_url.get("url", "")) if isinstance(image_url, dict) else str(image_url or block.get("url", ""))
+
+
+def fit_image_budget(
+    messages: Sequence[BaseMessage], max_images: int, keep_urls: Collection[str] = ()
+) -> tuple[list[BaseMessage], list[str]]:
+    """At most `max_images` image blocks in one request: the oldest others become a text line.
+
+    vLLM limits images per request (``--limit-mm-per-prompt``) and the whole history is resent on
+    every call, so images that tools produced earlier are replaced, oldest first, by
+    ``"[<label>: image shown earlier, not sent again (at most N images per request)]"``, where the
+    label is the text block just before the image in its message ("Normal reference ref0:",
+    "zoom0:"). Images whose URL is in `keep_urls` (the query) are never replaced.
+
+    Args:
+        messages: the conversation as it would be sent (not modified).
+        max_images: the request's image budget (>= the number of kept images).
+        keep_urls: ``data:`` URLs of images that must stay.
+
+    Returns:
+        (messages to send, the labels of the images replaced, oldest first). Untouched messages
+        are the same objects.
+    """
+    total = count_images(messages)
+    excess = total - max_images
+    if excess <= 0:
+        return list(messages), []
+    out: list[BaseMessage] = []
+    dropped: list[str] = []
+    for m in messages:
+        if excess <= 0 or not isinstance(m.content, list) or not any(_is_image(b) for b in m.content):
+            out.append(m)
+            continue
+        content: list = []
+        label = ""
+        for block in m.content:
+            if isinstance(block, dict) and block.get("type") == "text":
+                label = " ".join(str(block.get("text", "")).split())[:100].rstrip(":")
+            if excess > 0 and _is_image(block) and _block_url(block) not in keep_urls:
+                name = label or "an earlier image"
+                content.append({"type": "text", "text": f"[{name}: image shown earlier, not sent again "
+                                f"(at most {max_images} images per request)]"})
+                dropped.append(name)
+                excess -= 1
+                continue
+            content.append(block)
+        out.append(m.model_copy(update={"content": content}))
+    return out, dropped
+
+
 def human_message(
     text: str, images: Sequence[np.ndarray] = (), max_side: int | None = None, fmt: str = "PNG"
 ) -> HumanMessage:
@@ -160,6 +216,7 @@ def stored_image_block(image: StoredImage, max_side: int | None = None, fmt: str
 __all__ = [
     "count_images",
     "data_url_size",
+    "fit_image_budget",
     "human_message",
     "limit_image_sizes",
     "merge_system_messages",

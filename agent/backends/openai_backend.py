@@ -32,6 +32,7 @@ from agent.backends.errors import (
     ModelServerFailureError,
     ModelTimeoutError,
     ModelUnreachableError,
+    rejection_fix,
 )
 from agent.backends.messages import limit_image_sizes, merge_system_messages
 from agent.config import AgentConfig
@@ -118,9 +119,9 @@ def map_error(exc: BaseException, base_url: str, model: str, timeout_s: float, a
             403: "set --api-key / ANOMALY_AGENT_API_KEY to a key allowed to use this model",
             404: f"check --model ({model!r}) against the served ids (`anomaly-agent doctor`) and that base_url ends in /v1",
         }
-        fix = fixes.get(code, "the server refused a request parameter; see its message above")
+        fix = fixes.get(code) or rejection_fix(text)
         return ModelRequestRejectedError(
-            f"{base_url} rejected the request (HTTP {code}): {text}. Fix: {fix}", status_code=code, body=text
+            f"{base_url} rejected the request (HTTP {code}): {text.rstrip('.')}. Fix: {fix}", status_code=code, body=text
         )
     if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError) or _raised_while_parsing(exc):
         return ModelResponseError(
@@ -317,6 +318,10 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
         )
         raise UserInputError(msg)
     extra: dict[str, Any] = {"logprobs": True, "top_logprobs": top_logprobs} if logprobs else {}
+    # an async client of this model's own: langchain-openai's default one is cached per (base_url,
+    # timeout) for the whole process and stays bound to the first event loop, so a second
+    # `asyncio.run` (a second eval in one process) would fail with "Event loop is closed"
+    extra["http_async_client"] = httpx.AsyncClient(timeout=config.request_timeout_s)
     return OpenAIChatModel(
         base_url=config.base_url,
         api_key=config.api_key,

@@ -1,7 +1,8 @@
 """Schema-constrained answers from any chat model, with one repair turn.
 
 OpenAI-compatible models are asked with ``response_format`` json_schema (strict); a server that
-rejects it (HTTP 400) is asked again in JSON mode, then in plain text. Other backends answer in
+rejects it with an HTTP 400 about response_format / structured output is asked again in JSON mode,
+then in plain text. Any other 400 (too many images, a bad parameter) is raised at once. Other backends answer in
 text. In every mode the JSON object is taken from the content (```json fences tolerated) and
 validated with pydantic; a failure gets one repair turn that quotes the validation error, then
 `ModelOutputError`. Token logprobs are requested from models with a ``logprobs`` setting
@@ -22,7 +23,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable, RunnableBinding
 from pydantic import BaseModel, ValidationError
 
-from agent.backends.errors import ModelOutputError, ModelRequestRejectedError
+from agent.backends.errors import (
+    ModelOutputError,
+    ModelRequestRejectedError,
+    is_structured_output_rejection,
+)
 from agent.backends.messages import merge_system_messages
 
 MODES = ("json_schema", "json_mode", "text")
@@ -157,9 +162,9 @@ def _steps(
         try:
             message = yield request, kwargs
         except ModelRequestRejectedError as exc:
-            if exc.status_code == 400 and i + 1 < len(modes):
+            if i + 1 < len(modes) and is_structured_output_rejection(exc.status_code, exc.body):
                 continue  # the server does not support this response_format: next mode
-            raise
+            raise  # any other rejection (too many images, bad parameter) surfaces at once
         repaired = False
         for attempt in range(max_repairs + 1):
             try:

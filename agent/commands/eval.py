@@ -86,6 +86,42 @@ def _error_kinds(metrics) -> str:
     return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"
 
 
+def resolved_config(cfg, backend) -> dict:
+    """The run's config as recorded and hashed: secrets masked, ``backend`` the one actually used (never
+    "auto"; the setting as given is kept as ``backend_requested``) and ``served_model`` its model id."""
+    data = cfg.masked()
+    data["backend_requested"] = data["backend"]
+    data["backend"] = backend.name
+    data["served_model"] = backend.model_id
+    return data
+
+
+def check_resume_backend(run_dir: Path, run_config: dict, reason: str) -> None:
+    """Refuse to resume a run whose finished verdicts came from another backend or model.
+
+    Raises:
+        UserInputError: the run's config.json names another backend or served model.
+    """
+    import json
+
+    from agent.errors import UserInputError
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text()).get("config") or {}
+    before = (old.get("backend"), old.get("served_model"))
+    now = (run_config["backend"], run_config["served_model"])
+    if before != now:
+        msg = (
+            f"{run_dir} was run with backend {before[0]} (model {before[1]}), but this run would use backend "
+            f"{now[0]} (model {now[1]}; {reason}); resuming would mix their verdicts in one results.jsonl. "
+            f"Fix: make the same backend available again (e.g. restart the endpoint) and rerun with --resume, "
+            f"or start a new run with --out"
+        )
+        raise UserInputError(msg)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -152,13 +188,16 @@ def register(app: typer.Typer) -> None:
         fold_note = f", fold {fold}" if fold else ""
         err.print(f"eval: {len(categories)} categories, {n_test} test images{fold_note}, {shots} shots, {note}")
         err.print(f"run directory: {run_dir}")
+        run_config = resolved_config(cfg, detector.backend)
+        if resume:
+            check_resume_backend(run_dir, run_config, detector.backend.reason)
         per_repeat_memory = memory_for_repeat_factory(cfg, run_dir, detector) if anomaly_shots else None
         paths, stats, metrics = evaluate(
             None if per_repeat_memory else detector,
             categories,
             spec,
             run_dir,
-            cfg.masked(),
+            run_config,
             {"root": str(root.expanduser().absolute()), "layout": layout, "fold": fold,
              "categories": [c.name for c in categories]},
             prompt_hash=phash,

@@ -72,11 +72,19 @@ def build_vllm_command(
     port: int = 8000,
     max_model_len: int = 32768,
     max_logprobs: int = 20,
-    images: int = 4,
+    images: int | None = None,
     tool_parser: str | None = None,
     extra: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The ``vllm serve`` argv for `model` (a HF id or a local path)."""
+    """The ``vllm serve`` argv for `model` (a HF id or a local path).
+
+    `images` (default: `AgentConfig.max_images_per_request`) becomes ``--limit-mm-per-prompt``: the
+    agent keeps every request within the same number, so one setting governs both.
+    """
+    if images is None:
+        from agent.config import AgentConfig
+
+        images = AgentConfig.model_fields["max_images_per_request"].default
     if not model.strip():
         msg = "MODEL is empty. Fix: name a HF model id or a local path, e.g. " + DEFAULT_MODEL
         raise UserInputError(msg)
@@ -119,11 +127,17 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 to serve other machines)."),
         max_model_len: int = typer.Option(32768, "--max-model-len", help="Context length (tokens); lower it to save GPU memory."),
         max_logprobs: int = typer.Option(20, "--max-logprobs", help="Most logprobs a request may ask for."),
-        images: int = typer.Option(4, "--images", help="Most images per prompt (--limit-mm-per-prompt)."),
+        images: int | None = typer.Option(
+            None, "--images", help="Most images per request (vLLM's --limit-mm-per-prompt); default: the "
+            "max_images_per_request setting (4), which the agent keeps every request within."),
         tool_parser: str | None = typer.Option(None, "--tool-call-parser", help="Override the parser matched to the family."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of running it."),
     ) -> None:
         """Run (or print) the `vllm serve` command for MODEL. Extra vLLM flags go after `--`."""
+        if images is None:
+            from agent.config import load_config
+
+            images = load_config().max_images_per_request
         cmd = build_vllm_command(
             model,
             host=host,

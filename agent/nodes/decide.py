@@ -10,7 +10,7 @@ from typing import Literal
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, Field, field_validator
 
-from agent.conversation import initial_messages
+from agent.conversation import initial_messages, request_messages
 from agent.nodes.model import budget_problem, usage_update
 from agent.runtime import AgentRuntime
 from agent.state import State
@@ -38,26 +38,33 @@ def _prepare(state: State, rt: AgentRuntime):
     res = rt.resources(state["run_id"])
     new = [] if state.get("messages") else initial_messages(state, rt, res)
     prompt = HumanMessage(rt.prompts.render("decide", category=state.get("category")))
-    return new, [*state.get("messages", []), *new, prompt], prompt
+    messages, drops = request_messages(rt, res, state, [*state.get("messages", []), *new, prompt])
+    return new, messages, prompt, drops
 
 
-def _answer(state: State, new: list, prompt: HumanMessage, result, start: float) -> dict:
-    from agent.backends.logprobs import label_probability
+def _answer(state: State, new: list, prompt: HumanMessage, result, start: float, drops: dict) -> dict:
+    from agent.backends.logprobs import anomaly_probability, label_distribution
 
     parsed: ModelVerdict = result.parsed
     answer = parsed.model_dump(mode="json")
-    answer["probability"] = label_probability(result.message)
+    dist = label_distribution(result.message)
+    # P(anomalous) = P(a) + 0.5 P(u) over the three labels; P(normal) decides whether it may dismiss tools
+    answer["label_probs"] = dist
+    answer["probability"] = anomaly_probability(dist) if dist else None
+    answer["p_normal"] = dist["normal"] if dist else None
     answer["repaired"] = bool(result.repaired)
     update = {"messages": [*new, prompt, result.message], "model_answer": answer, **usage_update(state, result.message)}
+    update.update(drops)
     update["model_calls"] += int(bool(result.repaired))
     prior = state.get("timings", {}).get("decide_ms", 0.0)
     update["timings"] = {"decide_ms": prior + (time.perf_counter() - start) * 1000.0}
     return update
 
 
-def _invalid_answer(state: State, new: list, prompt: HumanMessage, exc: Exception, start: float) -> dict:
+def _invalid_answer(state: State, new: list, prompt: HumanMessage, exc: Exception, start: float, drops: dict) -> dict:
     """The model's verdict failed validation even after the repair turn: decide from the tools and say so."""
     return {
+        **drops,
         "messages": [*new, prompt],
         "model_answer": None,
         "model_error": str(exc),
@@ -73,12 +80,12 @@ def decide(state: State, *, rt: AgentRuntime) -> dict:
     from agent.backends.structured import invoke_structured
 
     start = time.perf_counter()
-    new, messages, prompt = _prepare(state, rt)
+    new, messages, prompt, drops = _prepare(state, rt)
     try:
         result = invoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
     except ModelOutputError as exc:
-        return _invalid_answer(state, new, prompt, exc, start)
-    return _answer(state, new, prompt, result, start)
+        return _invalid_answer(state, new, prompt, exc, start, drops)
+    return _answer(state, new, prompt, result, start, drops)
 
 
 async def adecide(state: State, *, rt: AgentRuntime) -> dict:
@@ -88,15 +95,15 @@ async def adecide(state: State, *, rt: AgentRuntime) -> dict:
     from agent.backends.errors import ModelOutputError
 
     start = time.perf_counter()
-    new, messages, prompt = _prepare(state, rt)
+    new, messages, prompt, drops = _prepare(state, rt)
     try:
         if hasattr(structured, "ainvoke_structured"):
             result = await structured.ainvoke_structured(rt.backend.model, messages, ModelVerdict, max_repairs=1)
         else:
             result = await asyncio.to_thread(structured.invoke_structured, rt.backend.model, messages, ModelVerdict, max_repairs=1)
     except ModelOutputError as exc:
-        return _invalid_answer(state, new, prompt, exc, start)
-    return _answer(state, new, prompt, result, start)
+        return _invalid_answer(state, new, prompt, exc, start, drops)
+    return _answer(state, new, prompt, result, start, drops)
 
 
 def route_after_decide(state: State, *, rt: AgentRuntime) -> str:

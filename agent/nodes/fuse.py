@@ -6,6 +6,7 @@ import time
 
 from agent.explain import cite_fusion, templated_explanation
 from agent.fusion import fuse as fuse_scores
+from agent.fusion import split_by_image
 from agent.runtime import AgentRuntime
 from agent.schemas import Region, Usage, Verdict
 from agent.state import State
@@ -25,6 +26,18 @@ def _model_regions(answer: dict, width: int, height: int) -> list[Region]:
     return regions
 
 
+def query_lineage(images, query_id: str) -> set[str]:
+    """Ids of the query and every image derived from it (zooms, SAM crops, enhanced copies)."""
+    ids = set()
+    for image_id in images.ids():
+        current = images.get(image_id)
+        while current.parent is not None:
+            current = images.get(current.parent)
+        if current.id == query_id:
+            ids.add(image_id)
+    return ids
+
+
 def _tool_regions(evidence: list[Evidence]) -> list[Region]:
     scored = [e for e in evidence if e.score is not None and e.regions and not e.error]
     if not scored:
@@ -42,8 +55,10 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     answer = state.get("model_answer")
     label = answer["label"] if answer else None
     probability = answer.get("probability") if answer else None
+    on_query = query_lineage(res.images, state["query_id"])
     try:
-        result = fuse_scores(evidence, label, probability, cfg.threshold)
+        result = fuse_scores(evidence, label, probability, cfg.threshold, p_normal=(answer or {}).get("p_normal"),
+                             dismiss_confidence=cfg.dismiss_confidence, query_ids=on_query)
     except ValueError:
         if state.get("model_error"):
             from agent.backends.errors import ModelOutputError
@@ -62,7 +77,8 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         explanation += f" (The agent stopped on its budget: {state['budget_exhausted']}; it decided with the evidence it had.)"
     regions: list[Region] = []
     if result.label == "anomalous":
-        regions = (_model_regions(answer, query.width, query.height) if answer else []) or _tool_regions(evidence)
+        query_evidence, _ = split_by_image(evidence, on_query)
+        regions = (_model_regions(answer, query.width, query.height) if answer else []) or _tool_regions(query_evidence)
     timings = dict(state.get("timings", {}))
     timings["fuse_ms"] = (time.perf_counter() - start) * 1000.0
     verdict = Verdict(
@@ -76,6 +92,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         regions=regions,
         explanation=explanation,
         evidence=evidence,
+        backend=rt.backend.name,
         model_id=rt.backend.model_id,
         prompt_hash=rt.prompts.hash,
         usage=Usage(

@@ -8,12 +8,11 @@ from agent.errors import UserInputError
 from agent.runtime import AgentRuntime
 from agent.state import State
 
-MAX_EXAMPLES = 8
-
 
 def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
-    """Retrieve examples (normals and labelled anomalies) and notes; with references="memory", the
-    retrieved normals become the run's references."""
+    """Retrieve the nearest normals (up to `max_memory_normals`) and, separately, the nearest labelled
+    anomalies (up to `max_memory_anomalies`) of the category, and its notes; with references="memory",
+    the retrieved normals become the run's references."""
     start = time.perf_counter()
     category = state.get("category")
     wants_refs = state.get("references") == "memory"
@@ -30,10 +29,11 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
     res = rt.resources(state["run_id"])
     embedder = rt.embedder()
     query_vec = embedder.embed(res.images.get(state["query_id"]).pixels)
-    if embedder.model_id not in store.embedding_models(category):
-        hits = []  # no examples of this category embedded by this model
-    else:
-        hits = store.nearest(category, query_vec, k=MAX_EXAMPLES, embedding_model=embedder.model_id)
+    hits = []  # stays empty when no example of this category is embedded by this model
+    if embedder.model_id in store.embedding_models(category):
+        # by label, each with its own cap: a few hundred imported normals never crowd out the labelled anomalies
+        for label, k in (("normal", rt.config.max_memory_normals), ("anomalous", rt.config.max_memory_anomalies)):
+            hits += store.nearest(category, query_vec, k=k, label=label, embedding_model=embedder.model_id)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
     if wants_refs:

@@ -6,7 +6,7 @@ import time
 
 from langchain_core.messages import AIMessage, HumanMessage
 
-from agent.conversation import initial_messages
+from agent.conversation import initial_messages, request_messages
 from agent.runtime import AgentRuntime
 from agent.state import State
 from agent.tooling import schema_tool
@@ -38,20 +38,21 @@ def usage_update(state: State, message: AIMessage) -> dict:
 
 
 def _prepare(state: State, rt: AgentRuntime):
-    """(new messages to add, the full message list to send, the bound model) or a stop update."""
+    """(new messages to add, the message list to send (within the image budget), the bound model, the
+    state update recording replaced images) or a stop update."""
     res = rt.resources(state["run_id"])
     new = [] if state.get("messages") else initial_messages(state, rt, res)
     problem = budget_problem(state, rt)
     if problem:
         return None, {"messages": new, "budget_exhausted": problem}
-    messages = list(state.get("messages", [])) + new
+    messages, drops = request_messages(rt, res, state, list(state.get("messages", [])) + new)
     tools = [schema_tool(name) for name in rt.available_tools(len(res.ctx.reference_ids))]
     model = rt.backend.model.bind_tools(tools) if tools else rt.backend.model
-    return (new, messages, model), None
+    return (new, messages, model, drops), None
 
 
-def _finish(state: State, new: list, reply: AIMessage, start: float) -> dict:
-    update = {"messages": [*new, reply], **usage_update(state, reply)}
+def _finish(state: State, new: list, reply: AIMessage, start: float, drops: dict) -> dict:
+    update = {"messages": [*new, reply], **usage_update(state, reply), **drops}
     update["timings"] = {"model_ms": state.get("timings", {}).get("model_ms", 0.0) + (time.perf_counter() - start) * 1000.0}
     return update
 
@@ -61,8 +62,8 @@ def model_turn(state: State, *, rt: AgentRuntime) -> dict:
     prepared, stop = _prepare(state, rt)
     if stop is not None:
         return stop
-    new, messages, model = prepared
-    return _finish(state, new, model.invoke(messages), start)
+    new, messages, model, drops = prepared
+    return _finish(state, new, model.invoke(messages), start, drops)
 
 
 async def amodel_turn(state: State, *, rt: AgentRuntime) -> dict:
@@ -70,8 +71,8 @@ async def amodel_turn(state: State, *, rt: AgentRuntime) -> dict:
     prepared, stop = _prepare(state, rt)
     if stop is not None:
         return stop
-    new, messages, model = prepared
-    return _finish(state, new, await model.ainvoke(messages), start)
+    new, messages, model, drops = prepared
+    return _finish(state, new, await model.ainvoke(messages), start, drops)
 
 
 def route_after_model(state: State) -> str:

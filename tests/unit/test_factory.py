@@ -85,7 +85,7 @@ def test_auto_prefers_answering_endpoint(fake_local, isolated_home):
     with FakeOpenAIServer(models=["m1"]) as srv:
         backend = build_backend(load_config(base_url=srv.base_url, model="m1"))
     assert backend.name == "openai" and backend.model_id == "m1"
-    assert backend.reason.startswith("auto:") and "answered" in backend.reason
+    assert backend.reason.startswith("auto chose openai:") and "answered" in backend.reason
 
 
 def test_auto_falls_back_to_local_weights(fake_local, isolated_home):
@@ -108,3 +108,11 @@ def test_auto_without_transformers_module(monkeypatch, isolated_home):
     monkeypatch.setitem(sys.modules, "agent.backends.transformers_backend", None)  # import fails
     backend = build_backend(load_config())
     assert backend.name == "none" and "in-process backend unavailable" in backend.reason
+
+
+def test_auto_refuses_an_endpoint_that_does_not_serve_the_configured_model(fake_local, isolated_home):
+    with FakeOpenAIServer(models=["other-model"]) as srv:
+        backend = build_backend(load_config(base_url=srv.base_url, model="m1"))
+    assert backend.name == "none"
+    assert "does not serve the configured model 'm1'" in backend.reason and "other-model" in backend.reason
+    assert backend.reason.startswith("auto chose none:")
