@@ -1,21 +1,20 @@
 """`patch_knn`: PatchCore-style few-shot anomaly scoring against the session's normal references.
 
-Method (each step measured with `evals/bench/tools.py`; the table is in the README):
+Method (chosen with `evals/bench/patch_knn_protocol.py` on the realsets dev folds and the synthetic
+set, beside a plain PatchCore; the table is in the README):
 1. Greyscale images (R == G == B) are flat-fielded (divided by a heavily blurred copy, which
-   removes vignetting and slow illumination gradients) and standardised to a common mean and
-   contrast (`grey_norm`); colour images are left alone. Each image is resized, keeping its
-   aspect ratio, so its long side is `resolution` (`scale_mode="fit"`; "refs" scales all by one
-   factor from the references).
+   removes vignetting and slow illumination gradients) and standardised (`grey_norm`); colour
+   images are left alone. Each image is resized, keeping its aspect ratio, to about
+   `resolution`^2 pixels (`scale_mode="area"`: the pixel count a 224 px square PatchCore sees).
 2. Multi-layer backbone features (EfficientNet-Lite0 blocks 4 and 10, strides 8 and 16), each
-   averaged over a 3x3 neighbourhood and upsampled to the finest grid, form three feature views
-   (`layer_norm="patch+image+pos"`): per-patch L2-normalised layers (texture detail), per-image
-   scaled layers (keeps how much structure a patch has: objects, missing parts), and the latter
-   with the patch's relative (x, y) position appended, times `pos_weight` (a part that is normal
-   in itself but in the wrong place: swapped or misplaced parts).
-3. Per view, a memory bank of all reference patches plus their 8 flipped/rotated copies
-   (`augment="d4"`; the positional view keeps the references as they are), searched with a faiss
-   flat L2 index: a patch's distance to its nearest reference patch. The views' distance maps are
-   standardised by the references' own scores in that view and averaged.
+   averaged over a 3x3 neighbourhood and upsampled to the finest grid, are joined into one vector
+   per patch (`layer_norm="patch+image+pos"`): the layers L2-normalised per patch (texture
+   detail), the layers scaled by their mean norm in the image (how much structure a patch has:
+   objects, missing parts), and the patch's relative (x, y) position times `pos_weight` (a part
+   that is normal in itself but in the wrong place: swapped or misplaced parts).
+3. One memory bank of all reference patches (the size a plain PatchCore uses), searched with a
+   faiss flat L2 index: a patch's distance to its nearest reference patch. `augment="flips"` or
+   "d4" adds flipped/rotated copies (8x the bank and the search; the position is then left out).
 4. Image score = mean of the top 1% of patch scores, the outer two rings of cells left out
    (`topk`, `border`: border cells see the network's zero padding and the frame of the part).
    The map is the patch scores resized to the original HxW and slightly smoothed.
@@ -24,6 +23,13 @@ Method (each step measured with `evals/bench/tools.py`; the table is in the READ
    reference for k = 1. Regions: connected components of the map above both the references' "edge
    of normal" (the raw score whose calibrated score is 0.5) and half-way from the map's median to
    its peak; when nothing exceeds the edge, the single strongest peak.
+
+Choices made per reference set at run time, from the references alone (`ReferenceBank.choices`,
+cited in the summary): grey normalisation only when the references are greyscale; the position
+only when the references' parts sit in fixed places (k >= 2: the median displacement between a
+structured patch and its nearest patch in another reference is below `max_displacement` of the
+image; textures and parts placed at random match far away, where the position would only add
+cost to normal images).
 
 References are embedded once per session: features and banks are cached in `ctx.cache` keyed by
 backbone id, config and the references' pixel digests.
@@ -59,20 +65,22 @@ class PatchKnnConfig:
     Attributes:
         backbone: backbone name (None: `ToolSettings.backbone`).
         layers: backbone taps (None: the backbone's default layers).
-        resolution: target long side in pixels of the references' median image; every image is
-            scaled by the same factor (`scale_mode="refs"`) or each to this long side ("fit").
-        scale_mode: "refs" (one factor from the references) or "fit" (each image to `resolution`).
+        resolution: working size in pixels: each image keeps its aspect ratio and gets about
+            resolution^2 pixels (`scale_mode="area"`), or its long side becomes `resolution`
+            ("fit"), or every image is scaled by the factor that gives the references' median
+            long side `resolution` ("refs").
+        scale_mode: "area", "fit" or "refs" (see `resolution`).
         square: squash every image to resolution x resolution instead (the plain baseline).
         pool: neighbourhood average pooling size on each feature map (1: none).
-        layer_norm: how the layers are balanced before concatenating: "patch" (L2-normalise
-            every patch vector per layer: fine texture detail counts fully), "image" (divide each
-            layer by its mean patch norm in the image: keeps how much structure a patch has, which
-            matters for objects and missing parts), "pos" (as "image", plus the patch's (x, y) as
-            fractions of the width and height, times `pos_weight`; its bank holds no flipped
-            copies) or "none". Several joined by "+" are separate feature views, each with its own
-            bank; their distance maps are standardised by the references' leave-one-out scores of
-            that view and averaged.
-        augment: add flipped ("flips": h, v, hv) or all 8 dihedral ("d4") copies of each reference.
+        layer_norm: the parts of each patch's feature vector, joined by "+" into one vector:
+            "none" (the layers as they are), "patch" (each layer L2-normalised per patch: fine
+            texture detail counts fully), "image" (each layer divided by its mean patch norm in
+            the image: keeps how much structure a patch has, which matters for objects and
+            missing parts), "pos" (the patch's (x, y) as fractions of the width and height, times
+            `pos_weight`; kept only when the references' parts sit in fixed places, see
+            `max_displacement`, and never with flipped copies in the bank).
+        augment: add flipped ("flips": h, v, hv) or all 8 dihedral ("d4") copies of each
+            reference (for parts that appear in any orientation; 4x or 8x the bank and search).
         topk: fraction of the highest patch scores averaged into the image score (0: the max).
         blur_sigma: map smoothing, in feature-grid cells of the finest layer.
         max_side: longest side ever fed to the backbone (pixels).
@@ -88,16 +96,20 @@ class PatchKnnConfig:
             vectors have a mean norm of 1 in that view).
         max_loo: at most this many references are held out for leave-one-out calibration
             (evenly spaced; LOO costs one bank search per held-out reference).
+        max_displacement: the position is used only when the references' structured patches
+            find their nearest patch in another reference within this fraction of the image
+            (median over patches and pairs; k >= 2). Above it the parts do not sit in fixed
+            places (a texture, parts placed at random) and the position would only cost.
     """
 
     backbone: str | None = None
     layers: tuple[str, ...] | None = None
-    resolution: int = 320
-    scale_mode: str = "fit"
+    resolution: int = 224
+    scale_mode: str = "area"
     square: bool = False
     pool: int = 3
     layer_norm: str = "patch+image+pos"
-    augment: str = "d4"
+    augment: str = "none"
     topk: float = 0.01
     blur_sigma: float = 0.5
     max_side: int = 1024
@@ -107,6 +119,7 @@ class PatchKnnConfig:
     flat_scale: float = 0.125
     border: int = 2
     pos_weight: float = 8.0
+    max_displacement: float = 0.25
 
     def key(self) -> str:
         return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
@@ -116,12 +129,18 @@ def _round_to(v: float, m: int) -> int:
     return max(m * 2, int(round(v / m)) * m)
 
 
+def _views(cfg: PatchKnnConfig) -> list[str]:
+    return cfg.layer_norm.split("+")
+
+
 def working_size(h: int, w: int, cfg: PatchKnnConfig, ref_long_side: float | None) -> tuple[int, int]:
     """The (h, w) an HxW image is resized to before the backbone; multiples of 32 pixels."""
     if cfg.square:
         return cfg.resolution, cfg.resolution
     if cfg.scale_mode == "refs" and ref_long_side:
         factor = cfg.resolution / ref_long_side
+    elif cfg.scale_mode == "area":
+        factor = cfg.resolution / float(np.sqrt(h * w))
     else:
         factor = cfg.resolution / max(h, w)
     factor = min(factor, cfg.max_side / max(h, w))
@@ -193,16 +212,17 @@ def normalise_grey(pixels: np.ndarray, mode: str, flat_scale: float = 0.125) -> 
 
 
 def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, int], cfg: PatchKnnConfig) -> np.ndarray:
-    """Aggregated multi-layer patch features.
+    """Aggregated multi-layer patch features, one vector per patch.
 
     Args:
         backbone: the feature extractor.
         pixels: HxWx3 uint8 RGB.
         size_hw: working (h, w) in pixels (see `working_size`).
-        cfg: the config (layers, pool, layer_norm).
+        cfg: the config (layers, pool, layer_norm, pos_weight).
 
     Returns:
-        One gh x gw x C float32 array per view of `cfg.layer_norm` (gh = h / finest stride).
+        gh x gw x C float32 (gh = h / finest stride): the parts of `cfg.layer_norm` joined, the
+        position's two columns ("pos") last.
     """
     x = backbone.to_tensor(normalise_grey(pixels, cfg.grey_norm, cfg.flat_scale), size_hw)
     maps = backbone.feature_maps(x, cfg.layers or backbone.layers)
@@ -214,22 +234,22 @@ def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, i
         if tuple(fmap.shape[-2:]) != tuple(target):
             fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
         pooled.append(fmap)
-    views = []
-    for view in cfg.layer_norm.split("+"):
-        parts = []
+    parts = []
+    for view in _views(cfg):
+        if view == "pos":
+            continue
         for i, fmap in enumerate(pooled):
             if view == "patch":
                 fmap = F.normalize(fmap, dim=1)
-            elif view in ("image", "pos"):
+            elif view == "image":
                 fmap = fmap / fmap.norm(dim=1).mean().clamp_min(1e-6)
             if i > 0 and cfg.deep_weight != 1.0:
                 fmap = fmap * cfg.deep_weight
             parts.append(fmap)
-        if view == "pos":
-            parts.append(cfg.pos_weight * _coordinates(pooled[0]))
-        feats = torch.cat(parts, dim=1)[0].permute(1, 2, 0)
-        views.append(np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32))
-    return views
+    if "pos" in _views(cfg):
+        parts.append(cfg.pos_weight * _coordinates(pooled[0]))
+    feats = torch.cat(parts, dim=1)[0].permute(1, 2, 0)
+    return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
 
 
 def _coordinates(fmap: torch.Tensor) -> torch.Tensor:
@@ -270,11 +290,35 @@ def nn_distance(index, feats: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(gh, gw).astype(np.float32)
 
 
-def fuse_grids(grids: list[np.ndarray], centers: list[float], spreads: list[float]) -> np.ndarray:
-    """One view: its grid unchanged. Several: the mean of (grid - center) / spread over views."""
-    if len(grids) == 1:
-        return grids[0]
-    return np.mean([(g - c) / s for g, c, s in zip(grids, centers, spreads, strict=True)], axis=0).astype(np.float32)
+def median_displacement(feats: list[np.ndarray]) -> float:
+    """How far the references' structured patches find their match in another reference.
+
+    For every ordered pair of references (i, j), the patches of i whose vector norm is at least
+    the median (structure, not background) are matched to their nearest patch of j; the result is
+    the median over pairs of the median distance between a patch's and its match's relative
+    (x, y) positions (fractions of the width and height; 0 = same place, about 0.5 = anywhere).
+
+    Args:
+        feats: per reference a gh x gw x C feature array without position columns.
+    """
+    per_pair = []
+    for i, fi in enumerate(feats):
+        flat_i = fi.reshape(-1, fi.shape[-1])
+        keep = np.linalg.norm(flat_i, axis=1) >= np.median(np.linalg.norm(flat_i, axis=1))
+        for j, fj in enumerate(feats):
+            if i == j:
+                continue
+            _, nearest = _flat_index(fj.reshape(-1, fj.shape[-1])).search(np.ascontiguousarray(flat_i[keep]), 1)
+            shift = _cell_positions(fi.shape[:2])[keep] - _cell_positions(fj.shape[:2])[nearest[:, 0]]
+            per_pair.append(float(np.median(np.linalg.norm(shift, axis=1))))
+    return float(np.median(per_pair))
+
+
+def _cell_positions(grid_hw: tuple[int, int]) -> np.ndarray:
+    """(gh*gw, 2) float32: each cell centre's (x, y) as a fraction of the grid, row-major."""
+    gh, gw = grid_hw
+    ys, xs = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
 
 @dataclass
@@ -282,30 +326,36 @@ class ReferenceBank:
     """The references' patch bank and the calibration fitted on their own scores.
 
     Attributes:
-        indices: one faiss index per feature view over every reference patch (and augmented copies).
-        view_center, view_spread: per view, the references' score median and spread, used to
-            standardise that view's distances before averaging (unused with one view).
+        index: faiss flat L2 index over every reference patch vector (and augmented copies).
+        drop_pos: the features' position columns (the last two) are left out of the comparison.
         calibrator: maps a raw image score to [0, 1].
         normal_scores: the references' raw scores used to fit it (leave-one-out or augmented).
-        ref_long_side: median long side of the references (pixels), sets the working scale.
+        ref_long_side: median long side of the references (pixels), sets the "refs" scale.
         stride: finest feature stride (pixels of the working image).
         n_refs: number of references; calibration: "leave-one-out" or "augmented copies".
+        choices: what was decided for this reference set at run time, and why (sentences).
+        typical_patch: median patch distance of the references' own grids (raw units): where a
+            normal patch sits, the bottom of the display scale.
     """
 
-    indices: list
-    view_center: list[float]
-    view_spread: list[float]
+    index: object
+    drop_pos: bool
     calibrator: Calibrator
     normal_scores: list[float]
     ref_long_side: float
     stride: int
     n_refs: int
     calibration: str
+    choices: list[str]
+    typical_patch: float
 
-    def grid(self, feats: list[np.ndarray], indices: list | None = None) -> np.ndarray:
-        """Fused patch-score grid (gh x gw) of one image's feature views."""
-        grids = [nn_distance(index, f) for index, f in zip(indices or self.indices, feats, strict=True)]
-        return fuse_grids(grids, self.view_center, self.view_spread)
+    def vectors(self, feats: np.ndarray) -> np.ndarray:
+        """A gh x gw x C feature array as this bank compares it (position columns kept or dropped)."""
+        return np.ascontiguousarray(feats[..., :-2]) if self.drop_pos else feats
+
+    def grid(self, feats: np.ndarray) -> np.ndarray:
+        """Patch-score grid (gh x gw): each patch's distance to its nearest reference patch."""
+        return nn_distance(self.index, self.vectors(feats))
 
     @property
     def edge(self) -> float:
@@ -332,6 +382,7 @@ class PatchKnnOutput(ToolOutput):
     calibration: str = Field(description="'leave-one-out' (k>=2) or 'augmented copies' (k=1)")
     normal_range: tuple[float, float] = Field(description="min/max raw score of the references")
     edge_of_normal: float = Field(description="raw score whose calibrated score is 0.5")
+    choices: list[str] = Field(default_factory=list, description="what was chosen for these references, and why")
 
 
 class PatchKnnInput(ToolInput):
@@ -406,46 +457,73 @@ class PatchKnn(Tool):
         cfg = self.config
         assert self.backbone is not None
         long_side = float(np.median([max(r.height, r.width) for r in refs]))
-        views = cfg.layer_norm.split("+")
-        n_views = len(views)
-        per_ref: list[list[np.ndarray]] = []  # [ref][view] -> (n, C) vectors incl. augmented copies
-        plain: list[list[np.ndarray]] = []  # [ref][view] -> gh x gw x C of the reference itself
+        has_pos = "pos" in _views(cfg)
+        plain: list[np.ndarray] = []  # [ref] -> gh x gw x C of the reference itself
+        copies: list[list[np.ndarray]] = []  # [ref] -> its flipped/rotated copies' features
         for ref in refs:
-            vecs: list[list[np.ndarray]] = [[] for _ in range(n_views)]
             for a, variant in enumerate(_dihedral(ref.pixels, cfg.augment)):
                 size = working_size(variant.shape[0], variant.shape[1], cfg, long_side)
                 feats = self._features(ctx, variant, ref.digest, size, f"d4:{a}")
                 if a == 0:
                     plain.append(feats)
-                for v, f in enumerate(feats):
-                    if a == 0 or views[v] != "pos":  # positions of a flipped copy mean nothing
-                        vecs[v].append(f.reshape(-1, f.shape[-1]))
-            per_ref.append([np.concatenate(x) for x in vecs])
+                    copies.append([])
+                else:
+                    copies[-1].append(feats)
+        use_pos, choices = self._choose(refs, plain)
+        drop_pos = has_pos and not use_pos
+
+        def strip(f: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(f[..., :-2]) if drop_pos else f
+
+        per_ref = [np.concatenate([strip(f).reshape(-1, strip(f).shape[-1]) for f in [plain[i], *copies[i]]])
+                   for i in range(len(refs))]
         stride = min(self.backbone.taps[name][0] for name in (cfg.layers or self.backbone.layers))
-        indices = [_flat_index(np.concatenate([r[v] for r in per_ref])) for v in range(n_views)]
-        grids: list[list[np.ndarray]] = []  # [normal sample][view]
+        index = _flat_index(np.concatenate(per_ref))
+        grids: list[np.ndarray] = []
         if len(refs) >= 2:
             held_out = np.unique(np.linspace(0, len(refs) - 1, min(len(refs), cfg.max_loo)).round().astype(int))
             for i in held_out:
-                others = [
-                    _flat_index(np.concatenate([r[v] for j, r in enumerate(per_ref) if j != i]))
-                    for v in range(n_views)
-                ]
-                grids.append([nn_distance(idx, f) for idx, f in zip(others, plain[i], strict=True)])
+                others = _flat_index(np.concatenate([r for j, r in enumerate(per_ref) if j != i]))
+                grids.append(nn_distance(others, strip(plain[i])))
             how = "leave-one-out"
         else:
-            ref = refs[0]
-            for n, variant in enumerate(normal_variants(ref.pixels, stride)):
+            for n, variant in enumerate(normal_variants(refs[0].pixels, stride)):
                 size = working_size(variant.shape[0], variant.shape[1], cfg, long_side)
-                feats = self._features(ctx, variant, ref.digest, size, f"var:{n}")
-                grids.append([nn_distance(idx, f) for idx, f in zip(indices, feats, strict=True)])
+                feats = self._features(ctx, variant, refs[0].digest, size, f"var:{n}")
+                grids.append(nn_distance(index, strip(feats)))
             how = "augmented copies"
-        view_cal = [Calibrator.fit([image_score(g[v], cfg.topk, cfg.border) for g in grids]) for v in range(n_views)]
-        centers = [c.center for c in view_cal]
-        spreads = [c.spread for c in view_cal]
-        normal = [image_score(fuse_grids(g, centers, spreads), cfg.topk, cfg.border) for g in grids]
-        return ReferenceBank(indices, centers, spreads, Calibrator.fit(normal), normal, long_side, stride,
-                             len(refs), how)
+        normal = [image_score(g, cfg.topk, cfg.border) for g in grids]
+        return ReferenceBank(index, drop_pos, Calibrator.fit(normal), normal, long_side, stride,
+                             len(refs), how, choices, float(np.median([np.median(g) for g in grids])))
+
+    def _choose(self, refs, plain: list[np.ndarray]) -> tuple[bool, list[str]]:
+        """Run-time choices from the references alone: (keep the position, sentences saying why)."""
+        cfg = self.config
+        choices = []
+        if cfg.grey_norm != "none":
+            greys = sum(is_grey(r.pixels) for r in refs)
+            if greys == len(refs):
+                choices.append(f"greyscale references: {cfg.grey_norm} intensity normalisation")
+            elif greys:
+                choices.append(f"{greys} of {len(refs)} references are greyscale: only those are normalised")
+        if cfg.augment != "none":
+            choices.append(f"bank holds {cfg.augment} copies of each reference (parts in any orientation)")
+        if "pos" not in _views(cfg):
+            return False, choices
+        if cfg.augment != "none":
+            choices.append("position left out: the bank holds flipped/rotated copies")
+            return False, choices
+        if len(refs) < 2:
+            choices.append("position kept: one reference cannot show whether parts sit in fixed places")
+            return True, choices
+        shift = median_displacement([f[..., :-2] for f in plain])
+        if shift > cfg.max_displacement:
+            choices.append(f"position left out: the references' parts match {shift:.2f} of the image apart "
+                           f"(> {cfg.max_displacement:g}), so they do not sit in fixed places")
+            return False, choices
+        choices.append(f"position kept: the references' parts match {shift:.2f} of the image apart "
+                       f"(<= {cfg.max_displacement:g}: fixed places)")
+        return True, choices
 
     # -- scoring ------------------------------------------------------------------------------
     def measure(self, ctx: ToolContext, image_id: str | None = None) -> PatchKnnResult:
@@ -500,12 +578,9 @@ class PatchKnn(Tool):
         else:
             regions = top_regions(find, k=1, rel_threshold=0.5, label="map peak (within normal range)")
         safe_id = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_id)
-        lo_map = bank.calibrator.center - Z_EDGE * bank.calibrator.spread
-        if len(bank.indices) == 1:
-            lo_map = 0.0  # plain distances start at 0
         # one display scale per reference bank (category), from its calibration; raw floats go to .npy
-        map_path = write_map_png(amap, Path(ctx.out_dir) / f"patch_knn_{safe_id}.png", vmin=lo_map,
-                                 vmax=bank.edge + 0.5 * (bank.edge - lo_map))
+        map_path = write_map_png(amap, Path(ctx.out_dir) / f"patch_knn_{safe_id}.png", vmin=bank.typical_patch,
+                                 vmax=bank.typical_patch + 2.0 * (bank.edge - bank.typical_patch))
         assert self.backbone is not None
         lo, hi = min(bank.normal_scores), max(bank.normal_scores)
         summary = self._summary(res, regions, above, img.width, img.height, lo, hi)
@@ -521,11 +596,12 @@ class PatchKnn(Tool):
             calibration=bank.calibration,
             normal_range=(round(lo, 4), round(hi, 4)),
             edge_of_normal=round(bank.edge, 4),
+            choices=list(bank.choices),
         )
 
     def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
         bank = res.bank
-        units = "nearest-patch distance" if len(bank.indices) == 1 else "nearest-patch z-distance"
+        units = "nearest-patch distance"
         if res.raw_score > hi:
             rel = f"above the references' range {lo:.3f} to {hi:.3f}"
         elif res.raw_score < lo:
@@ -552,6 +628,8 @@ class PatchKnn(Tool):
                     f" No area exceeds the normal edge; the strongest response is at the {where}, "
                     f"box {list(top.bbox_xyxy)} (peak {top.score:.3f})."
                 )
+        if bank.choices:
+            text += " Chosen for these references: " + "; ".join(bank.choices) + "."
         return text
 
 
@@ -561,13 +639,13 @@ def check_config(cfg: PatchKnnConfig) -> PatchKnnConfig:
         msg = f"augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}"
         raise ToolError(msg)
     views = cfg.layer_norm.split("+")
-    if not set(views) <= {"patch", "image", "none", "pos"} or len(set(views)) != len(views):
+    if not set(views) <= {"patch", "image", "none", "pos"} or len(set(views)) != len(views) or views == ["pos"]:
         msg = f"layer_norm must be 'patch', 'image', 'pos', 'none' or several joined by '+', got {cfg.layer_norm!r}"
         raise ToolError(msg)
     if cfg.grey_norm not in GREY_NORMS:
         msg = f"grey_norm must be one of {', '.join(GREY_NORMS)}, got {cfg.grey_norm!r}"
         raise ToolError(msg)
-    if cfg.scale_mode not in ("refs", "fit"):
-        msg = f"scale_mode must be 'refs' or 'fit', got {cfg.scale_mode!r}"
+    if cfg.scale_mode not in ("area", "refs", "fit"):
+        msg = f"scale_mode must be 'area', 'refs' or 'fit', got {cfg.scale_mode!r}"
         raise ToolError(msg)
     return cfg

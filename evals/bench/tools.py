@@ -9,8 +9,10 @@ call (weights, reference bank) is excluded, the table gives the median of the wa
 the backbone's bare forward pass and patch_knn's kNN search at the same working size.
 
 Quality: image AUROC, F1-max (sklearn) and pixel AUROC (maps and masks resized to <= 256 px a side)
-on ``../shared/data/realsets`` (first-k references by name, as in the issue's baseline) and on the
-synthetic set when `evals.synthetic` exists. Feature extraction is cached per category across k.
+on ``../shared/data/realsets`` fold `--fold` (default ``dev``: settings are chosen there; ``test``
+is for reporting; first-k references by name) and on the synthetic set when `evals.synthetic`
+exists. Feature extraction is cached per category across k. Defaults of patch_knn are settled
+with `evals.bench.patch_knn_protocol` (several categories, reference draws, a plain PatchCore).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def latency_table(sizes=(256, 512, 1024), repeats: int = 5, threads: int = 2) ->
         fwd = _median_ms(lambda x=x, b=backbone, layers=layers: b.feature_maps(x, layers), repeats)
         feats = patch_features(backbone, img.pixels, work, knn.config)
         search = _median_ms(lambda f=feats, b=bank: b.grid(f), repeats)
-        row = {"size": size, "work": f"{work[1]}x{work[0]}", "bank": sum(i.ntotal for i in bank.indices),
+        row = {"size": size, "work": f"{work[1]}x{work[0]}", "bank": bank.index.ntotal,
                "forward_ms": fwd, "knn_ms": search}
         for name in tool_names():
             tool = create_tool(name)
@@ -137,6 +139,7 @@ def quality_rows(
     categories=None,
     threads: int = 2,
     tools=("patch_knn",),
+    fold: str | None = None,
 ) -> list[dict]:
     """Few-shot quality per (tool, category, k) on an MVTec-style/CSV dataset.
 
@@ -147,6 +150,7 @@ def quality_rows(
         max_test: at most this many test images per category (evenly spaced; both labels kept).
         categories: restrict to these categories.
         tools: which scoring tools to evaluate (unregistered ones are skipped).
+        fold: only the test images of this fold (the dataset's `fold` column; None: all).
     """
     import torch
     from sklearn.metrics import roc_auc_score
@@ -160,7 +164,7 @@ def quality_rows(
     torch.set_num_threads(threads)
     rows = []
     names = [t for t in tools if t in tool_names()]
-    for cat in load_dataset(dataset, categories=categories):
+    for cat in load_dataset(dataset, categories=categories, fold=fold):
         test = cat.test
         if max_test and len(test) > max_test:
             idx = np.linspace(0, len(test) - 1, max_test).round().astype(int)
@@ -283,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", action="append", default=None)
     parser.add_argument("--k", type=int, action="append", default=None, help="shot counts (repeatable)")
     parser.add_argument("--max-test", type=int, default=None)
+    parser.add_argument("--fold", default="dev", help="realsets fold: dev (choose settings) or test (report)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic set")
     parser.add_argument("--tools", default=",".join(SCORING_TOOLS), help="scoring tools for quality")
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     max_test = args.max_test or (40 if args.quick else None)
     rows = []
     if (args.dataset / "index.csv").exists() or args.dataset.is_dir():
-        rows += quality_rows(args.dataset, ks, config, max_test, args.category, args.threads, tools)
+        fold = args.fold if args.dataset == REALSETS else None
+        rows += quality_rows(args.dataset, ks, config, max_test, args.category, args.threads, tools, fold)
     else:
         print(f"\n(dataset {args.dataset} not found: realsets quality skipped)")
     if args.no_synthetic:

@@ -11,7 +11,7 @@ from tools.base import ToolContext, ToolSettings
 from tools.images import ImageStore
 from tools.patch_knn import PatchKnn
 
-pytestmark = pytest.mark.slow  # ~1 min on 2 busy CPU cores: real images, k = 4, three feature views
+pytestmark = pytest.mark.slow  # ~1 min on 2 busy CPU cores: real images, k = 4
 
 
 def _subset(samples, per_label: int):

@@ -155,16 +155,45 @@ def test_positional_view_flags_swapped_parts(tmp_path):
     swapped, clean = tool.run({}, ctx), tool.run({"image_id": "clean"}, ctx)
     assert swapped.score > 0.5 > clean.score
     assert max(box_iou(swapped.regions[0].bbox_xyxy, box) for box in ((30, 54, 66, 90), (110, 54, 146, 90))) > 0.2
-    # the positional bank holds the references themselves only, not their flipped copies
+    # the parts sit in fixed places, so the position was kept, and the summary says why
     bank = tool.reference_bank(ctx)
-    views = tool.config.layer_norm.split("+")
-    n_pos = bank.indices[views.index("pos")].ntotal
-    assert bank.indices[views.index("patch")].ntotal == 8 * n_pos
+    assert not bank.drop_pos and any(c.startswith("position kept") for c in bank.choices)
+    assert "Chosen for these references: position kept" in swapped.summary
+    # one bank of the references' own patches, the size a plain PatchCore uses (no copies)
+    sizes = [_work(store.get(r), tool) for r in refs]
+    assert bank.index.ntotal == sum((h // 8) * (w // 8) for h, w in sizes)
     # without it (setting patch_position off), a swap looks normal patch by patch
     ctx.settings = ToolSettings(device="cpu", out_dir=tmp_path, patch_position=False)
     plain = PatchKnn()
     assert plain.run({}, ctx).score < 0.5
-    assert plain.config.layer_norm == "patch+image" and len(plain.reference_bank(ctx).indices) == 2
+    assert plain.config.layer_norm == "patch+image"
+
+
+def test_position_left_out_when_parts_sit_anywhere(tmp_path):
+    """References whose parts sit at random places: the position would only cost, so it is dropped."""
+    store = ImageStore()
+    rng = np.random.default_rng(0)
+    refs = []
+    for s in range(4):
+        img = np.clip(rng.normal(150, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+        for _ in range(6):  # discs scattered anywhere
+            cx, cy = int(rng.integers(20, W - 20)), int(rng.integers(20, H - 20))
+            cv2.circle(img, (cx, cy), 10, (220, 40, 40), -1)
+        refs.append(store.add_array(img, f"ref {s}", image_id=f"ref{s}"))
+    ctx = ToolContext(store, query_id=refs[0], reference_ids=refs, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    bank = PatchKnn().reference_bank(ctx)
+    assert bank.drop_pos, bank.choices
+    assert any(c.startswith("position left out") for c in bank.choices)
+    # a single reference cannot show it: the position is kept, and the choice says why
+    ctx.reference_ids = refs[:1]
+    one = PatchKnn().reference_bank(ctx)
+    assert not one.drop_pos and "one reference" in " ".join(one.choices)
+
+
+def _work(img, tool):
+    from tools.patch_knn import working_size
+
+    return working_size(img.height, img.width, tool.config, None)
 
 
 def test_flatfield_removes_an_illumination_ramp():
