@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.base import ToolSettings
-from tools.images import DEFAULT_MAX_PIXELS
+from tools.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 BACKENDS = ("auto", "openai", "transformers", "scripted", "none")
 _yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
@@ -78,7 +78,8 @@ class AgentConfig(BaseSettings):
     model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="model id served at base_url")
     local_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="in-process model (path or HF id)")
     script: Path | None = Field(None, description="scripted backend: JSON/YAML script or saved trace")
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0, allow_inf_nan=False,
+                                     description="seconds per model request (a finite number > 0)")
     max_retries: int = Field(2, ge=0)
     image_max_side: int = Field(1024, ge=64, description="images sent to the model are downscaled to this side")
     image_format: Literal["JPEG", "PNG"] = Field(
@@ -103,11 +104,11 @@ class AgentConfig(BaseSettings):
     max_model_calls: int = Field(8, ge=1)
     max_tool_calls: int = Field(12, ge=0)
     max_images_per_call: int = Field(4, ge=1)
-    max_wall_s: float = Field(180.0, gt=0)
+    max_wall_s: float = Field(180.0, gt=0, allow_inf_nan=False)
     max_reflections: int = Field(1, ge=0)
 
     # decision
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
 
     # memory
     memory_path: Path = Field(default_factory=lambda: default_home() / "memory")
@@ -122,6 +123,8 @@ class AgentConfig(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    min_image_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="images whose shorter side is below "
+                                "this many pixels are refused as too small to judge")
 
     @field_validator("base_url")
     @classmethod
@@ -153,6 +156,14 @@ class AgentConfig(BaseSettings):
         return data
 
 
+def _describe_error(err: dict) -> str:
+    """``request_timeout_s (ANOMALY_AGENT_REQUEST_TIMEOUT_S): Input should be a finite number``."""
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    if len(err["loc"]) == 1 and str(err["loc"][0]) in AgentConfig.model_fields:
+        loc = f"{loc} (ANOMALY_AGENT_{str(err['loc'][0]).upper()})"
+    return f"{loc}: {err['msg']}"
+
+
 def load_config(config_file: str | Path | None = None, **overrides: Any) -> AgentConfig:
     """Build the effective config.
 
@@ -169,9 +180,7 @@ def load_config(config_file: str | Path | None = None, **overrides: Any) -> Agen
     try:
         return AgentConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe_error(err) for err in exc.errors())
         msg = f"invalid configuration: {problems}. Fix: correct the setting (flag, ANOMALY_AGENT_* variable or --config file)"
         raise ConfigError(msg) from None
     finally:
