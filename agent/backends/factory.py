@@ -95,10 +95,10 @@ def _auto(config: AgentConfig) -> Backend:
     ok, detail = _local_status(config)
     if ok:
         return _transformers(config, f"auto: {notes[0]}; local model {config.local_model}: {detail}")
-    notes.append(f"local model {config.local_model}: {detail}")
-    reason = (
-        f"auto: no model ({'; '.join(notes)}); running tools and fusion only. Fix: start a server "
-        "(`anomaly-agent serve-model`) and set --base-url, or put the local model's weights in the HF cache"
+    notes.append(f"local model {config.local_model} not found locally" if "not found" in detail
+                 else f"local model {config.local_model}: {detail.split('. ')[0][:120]}")
+    reason = (  # one short line per run; `doctor` gives the download instructions
+        f"auto: no model ({'; '.join(notes)}); running tools and fusion only. Fix: see `anomaly-agent doctor`"
     )
     return Backend("none", None, None, reason, supports_logprobs=False)
 
