@@ -95,8 +95,8 @@ def _auto(config: AgentConfig) -> Backend:
     ok, detail = _local_status(config)
     if ok:
         return _transformers(config, f"auto: {notes[0]}; local model {config.local_model}: {detail}")
-    notes.append(f"local model {config.local_model} not found locally" if "not found" in detail
-                 else f"local model {config.local_model}: {detail.split('. ')[0][:120]}")
+    cause = detail.split(". Fix")[0].split(". ")[0][:160]  # the cause only; `doctor` shows the fix in full
+    notes.append(cause if cause.startswith("local model") else f"local model {config.local_model}: {cause}")
     reason = (  # one short line per run; `doctor` gives the download instructions
         f"auto: no model ({'; '.join(notes)}); running tools and fusion only. Fix: see `anomaly-agent doctor`"
     )
