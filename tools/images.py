@@ -10,7 +10,7 @@ Conversion rule to RGB uint8 (documented in README, "Image intake"):
 - ``F`` (float) and anything else: `UnsupportedModeError`.
 
 Size limits: ``max_pixels`` (default `DEFAULT_MAX_PIXELS` = 40 MP, checked from the header before any
-decoding; Pillow's own decompression-bomb limit follows it). Override with the ``max_image_pixels``
+decoding; it replaces Pillow's own decompression-bomb limit, so raising it works). Override with the ``max_image_pixels``
 config key or ``ANOMALY_AGENT_MAX_IMAGE_PIXELS``. ``min_side`` (the ``min_image_side`` config key,
 ``ANOMALY_AGENT_MIN_IMAGE_SIDE``, default `DEFAULT_MIN_SIDE` = 32 px for the agent): an image whose
 shorter side is below it is too small to judge. Only regular files are opened (a named pipe or a device
@@ -24,6 +24,7 @@ import io
 import stat
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,28 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MIN_SIDE = 32
 _PIL_LIMIT_LOCK = threading.Lock()
+_pil_limit_users = 0
+_pil_saved_limit: int | None = None
+
+
+@contextmanager
+def _pillow_limit_off():
+    """Lift Pillow's global `Image.MAX_IMAGE_PIXELS` while any thread opens or decodes through us (our own
+    `max_pixels` check from the header applies instead, so the setting, not Pillow's default, decides);
+    restored when the last one is done. Decoding in other threads is not serialised."""
+    global _pil_limit_users, _pil_saved_limit
+    with _PIL_LIMIT_LOCK:
+        if _pil_limit_users == 0:
+            _pil_saved_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pil_limit_users += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _pil_limit_users -= 1
+            if _pil_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_saved_limit
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -164,21 +187,17 @@ def load_image_with_mode(
     """`load_image`, also returning the file's Pillow mode before conversion ("L", "RGB", "I;16", ...)."""
     name, stream = _open_stream(source)
     try:
-        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        with _pillow_limit_off(), warnings.catch_warnings():
+            # Pillow's own bomb limit (89 MP) would refuse before ours: ours, from the header, replaces it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            previous_limit = Image.MAX_IMAGE_PIXELS
-            # Pillow's bomb check follows our limit: raising max_pixels raises it too
-            Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
             try:
                 img = Image.open(stream)
             except UnidentifiedImageError as exc:
                 raise NotAnImageError(name, "unrecognised format") from exc
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageTooLargeError(name, _bomb_detail(exc, max_pixels)) from exc
+                raise ImageTooLargeError(name, str(exc)) from exc
             except (OSError, SyntaxError, ValueError, EOFError) as exc:  # header cut short ("Truncated File Read")
                 raise CorruptImageError(name, str(exc) or type(exc).__name__) from exc
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
         if img.format not in SUPPORTED_FORMATS:
             raise NotAnImageError(name, f"format {img.format} is not supported")
         width, height = img.size
@@ -189,28 +208,15 @@ def load_image_with_mode(
         if min(width, height) < min_side:
             raise ImageTooSmallError(name, f"{width}x{height}; the shorter side must be at least {min_side} px")
         mode = img.mode
-        with _PIL_LIMIT_LOCK:
-            previous_limit = Image.MAX_IMAGE_PIXELS
+        with _pillow_limit_off():  # our limit was checked above; some decoders (TIFF tiles) check again
             try:
-                Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
                 img.load()
                 img = ImageOps.exif_transpose(img)
             except (OSError, SyntaxError, ValueError) as exc:
                 raise CorruptImageError(name, str(exc)) from exc
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
         return np.ascontiguousarray(_to_rgb(img, name)), mode
     finally:
         stream.close()
-
-
-def _bomb_detail(exc: BaseException, max_pixels: int) -> str:
-    """Pillow's bomb message names its own limit; say ours."""
-    import re
-
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    size = f"{found.group(1)} pixels" if found else "the header's size"
-    return f"{size} > {max_pixels}"
 
 
 @dataclass

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
-        fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous."),
+        fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous, even if other images failed (their errors are still printed)."),
         config: Path | None = ConfigOption,
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
@@ -119,6 +119,9 @@ def register(app: typer.Typer) -> None:
                               memory_path=memory, threshold=threshold)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
+        for folder in (out, trace):  # a file in the way is exit 2 now, not after the first image
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
         references = references_arg(refs)
         items = expand_images(images)
         stems = unique_stems([path for path, _ in items]) if out is not None else {}

@@ -209,6 +209,10 @@ CASES |= {
                                message="no category folders"),
     "eval bad coverage": Case(["eval", "{dataset}", "--min-coverage", "2", "--backend", "none"],
                               message="--min-coverage"),
+    "detect --out is a file": Case(["detect", "{good}", "--out", "{file:taken=x}", "--backend", "none"],
+                                   message="File exists"),
+    "detect --trace is a file": Case(["detect", "{good}", "--trace", "{file:taken=x}", "--backend", "none"],
+                                     message="File exists"),
     # command line
     "tools run unknown tool": Case(["tools", "run", "nosuchtool", "{good}"], message="nosuchtool"),
     "tools run bad --arg": Case(["tools", "run", "zoom", "{good}", "--arg", "box"], message="not key=value"),
