@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.config import AgentConfig, load_config
-from agent.errors import ModelServerError, UserInputError, input_error_types
+from agent.errors import ModelServerError, UserInputError, input_error_types, one_line
 from agent.schemas import Verdict
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def error_verdict(image: str | None, category: str | None, exc: BaseException) -> Verdict:
     """The error record for an exception raised while judging one image."""
     if isinstance(exc, input_error_types()):
-        return Verdict.failed(image, str(exc), category, kind="input")
+        return Verdict.failed(image, one_line(exc), category, kind="input")
     if isinstance(exc, ModelServerError):
         return Verdict.failed(image, str(exc), category, kind="model")
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError too

@@ -1,7 +1,8 @@
 """The `anomaly-agent` command line. Each command group lives in `agent/commands/<name>.py`.
 
 Known errors print one line (cause and fix) and exit with a documented code: 2 for bad input or
-configuration, 3 for a model/server failure. `--debug` shows the traceback instead.
+configuration, 3 for a model/server failure; any other error is a bug: one line and exit 4 (never 1,
+which `detect --fail-on-anomaly` reserves for "anomalous"). `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 import typer
 
-from agent.errors import exit_code_for
+from agent.errors import INTERNAL_EXIT, exit_code_for, one_line
 
 app = typer.Typer(
     name="anomaly-agent",
@@ -97,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         handled = _click_exit(exc)
         if handled is not None:
             return handled
-        code = exit_code_for(exc)
-        if code is None or debug:
+        if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        code = exit_code_for(exc)
+        if code is None:
+            print(f"error: internal error: {type(exc).__name__}: {one_line(exc)}. This is a bug: rerun with "
+                  "--debug for the traceback and report it", file=sys.stderr)
+            return INTERNAL_EXIT
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return code
     return result if isinstance(result, int) else 0
 

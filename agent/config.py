@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.base import ToolSettings
-from tools.images import DEFAULT_MAX_PIXELS
+from tools.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 BACKENDS = ("auto", "openai", "transformers", "scripted", "none")
 _yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
@@ -78,7 +78,8 @@ class AgentConfig(BaseSettings):
     model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="model id served at base_url")
     local_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="in-process model (path or HF id)")
     script: Path | None = Field(None, description="scripted backend: JSON/YAML script or saved trace")
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0, allow_inf_nan=False,
+                                     description="seconds per model request (a finite number > 0)")
     max_retries: int = Field(2, ge=0)
     image_max_side: int = Field(1024, ge=64, description="images sent to the model are downscaled to this side")
     image_format: Literal["JPEG", "PNG"] = Field(
@@ -111,11 +112,11 @@ class AgentConfig(BaseSettings):
         "passes the same number to vLLM as --limit-mm-per-prompt (older images become a text line)")
     max_memory_normals: int = Field(8, ge=0, description="nearest normal examples retrieved from memory")
     max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
-    max_wall_s: float = Field(180.0, gt=0)
+    max_wall_s: float = Field(180.0, gt=0, allow_inf_nan=False)
     max_reflections: int = Field(1, ge=0)
 
     # decision
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
     dismiss_confidence: float = Field(
         0.9, ge=0.5, le=1.0, description="the model's P(normal), from token log-probabilities, needed to "
         "overrule tools that flag the query; a label without probabilities or 'uncertain' never does")
@@ -133,6 +134,8 @@ class AgentConfig(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    min_image_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="images whose shorter side is below "
+                                "this many pixels are refused as too small to judge")
 
     @field_validator("base_url")
     @classmethod
@@ -164,6 +167,14 @@ class AgentConfig(BaseSettings):
         return data
 
 
+def _describe_error(err: dict) -> str:
+    """``request_timeout_s (ANOMALY_AGENT_REQUEST_TIMEOUT_S): Input should be a finite number``."""
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    if len(err["loc"]) == 1 and str(err["loc"][0]) in AgentConfig.model_fields:
+        loc = f"{loc} (ANOMALY_AGENT_{str(err['loc'][0]).upper()})"
+    return f"{loc}: {err['msg']}"
+
+
 def load_config(config_file: str | Path | None = None, **overrides: Any) -> AgentConfig:
     """Build the effective config.
 
@@ -180,9 +191,7 @@ def load_config(config_file: str | Path | None = None, **overrides: Any) -> Agen
     try:
         return AgentConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe_error(err) for err in exc.errors())
         msg = f"invalid configuration: {problems}. Fix: correct the setting (flag, ANOMALY_AGENT_* variable or --config file)"
         raise ConfigError(msg) from None
     finally:

@@ -1,4 +1,8 @@
-"""Error kinds the CLI maps to exit codes (2: bad input or config, 3: model/server failure)."""
+"""Error kinds the CLI maps to exit codes (2: bad input or config, 3: model/server failure, 4: a bug).
+
+File-system errors about paths the user named (cannot be created: `PermissionError`; already a file:
+`FileExistsError`, `NotADirectoryError`, `IsADirectoryError`) count as bad input: exit 2.
+"""
 
 from __future__ import annotations
 
@@ -27,4 +31,22 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     from tools.base import ToolError
     from tools.images import ImageInputError
 
-    return (UserInputError, ConfigError, ImageInputError, ToolError, MemoryStoreError, FileNotFoundError)
+    return (UserInputError, ConfigError, ImageInputError, ToolError, MemoryStoreError, FileNotFoundError,
+            PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+INTERNAL_EXIT = 4
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (an OSError names its path; newlines are folded)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+        fix = {PermissionError: "choose a location you can write to, or fix its permissions",
+               FileExistsError: "name a folder, or remove/rename the file in the way",
+               NotADirectoryError: "a folder is needed there, not a file",
+               IsADirectoryError: "a file is needed there, not a folder"}.get(type(exc))
+        if fix:
+            text += f". Fix: {fix}"
+    return " ".join(text.split())

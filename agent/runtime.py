@@ -107,7 +107,7 @@ class AgentRuntime:
         return Evidence(tool=name, args=args, elapsed_ms=elapsed_ms, **{k: getattr(output, k) for k in shared})
 
     def new_run(self, run_id: str) -> RunResources:
-        images = ImageStore(max_pixels=self.config.max_image_pixels)
+        images = ImageStore(max_pixels=self.config.max_image_pixels, min_side=self.config.min_image_side)
         ctx = ToolContext(images, settings=self.config.tool_settings())
         ctx.cache = self.feature_cache
         res = RunResources(images=images, ctx=ctx)
@@ -146,15 +146,62 @@ class AgentRuntime:
             return self._embedder
 
 
-def require_references_or_model(runtime: AgentRuntime, n_references: int) -> None:
-    """Zero-shot with neither CLIP weights nor a model cannot judge anything: say what to do."""
+def require_references_or_model(runtime: AgentRuntime, n_references: int, memory_normals: int = 0,
+                                category: str | None = None) -> None:
+    """Zero-shot with neither CLIP weights nor a model cannot judge anything: say what to do.
+
+    `memory_normals`: normal examples of the category that memory retrieved for this run (not used as
+    references because --refs memory was not given); the fix then offers exactly that.
+    """
     if n_references == 0 and runtime.backend.model is None and not runtime.clip_available():
-        msg = (
-            "nothing can judge this image: no references, no CLIP weights and no model. Fix: pass "
-            "--refs DIR with normal images, add normals to memory, set ANOMALY_AGENT_CLIP_PRETRAINED to "
-            "a local CLIP checkpoint, or configure a model (--base-url / --backend)"
-        )
+        if memory_normals:
+            msg = (
+                f"nothing can judge this image: no references, no CLIP weights and no model, but memory holds "
+                f"{memory_normals} normal example(s) of {category!r}. Fix: pass --refs memory to use them as "
+                "references (or --refs DIR with normal images)"
+            )
+        else:
+            msg = (
+                "nothing can judge this image: no references, no CLIP weights and no model. Fix: pass "
+                "--refs DIR with normal images (or `memory add` normals and pass --refs memory), set "
+                "ANOMALY_AGENT_CLIP_PRETRAINED to a local CLIP checkpoint, or configure a model "
+                "(--base-url / --backend)"
+            )
         raise UserInputError(msg)
 
 
-__all__ = ["AgentRuntime", "RunResources", "ToolError", "require_references_or_model"]
+def looks_grey(pixels) -> bool:
+    """Do the RGB pixels carry no colour (all channels equal, up to JPEG-like noise of < 1 level on average)?"""
+    import numpy as np
+
+    px = pixels.astype(np.int16)
+    return float(np.abs(px[..., 0] - px[..., 1]).mean() + np.abs(px[..., 1] - px[..., 2]).mean()) < 1.0
+
+
+def mode_note(images: ImageStore, query_id: str, reference_ids: list[str]) -> str | None:
+    """A sentence when the query is grey and the references colour (or the reverse), else None.
+
+    Grey files are converted to RGB by replicating the grey level, so the tools compare them with
+    colour references, but colour alone then differs between query and references; the verdict
+    should say so. Grey means no colour in the pixels (a grey file, or an RGB file with equal channels).
+    """
+    query = images.get(query_id)
+    refs = [images.get(r) for r in reference_ids]
+    if not refs:
+        return None
+    q_grey = looks_grey(query.pixels)
+    other = [r for r in refs if looks_grey(r.pixels) != q_grey]
+    if not other:
+        return None
+    kinds = ("greyscale", "colour") if q_grey else ("colour", "greyscale")
+    modes = sorted({r.mode for r in other if r.mode})
+    q_mode = f" (mode {query.mode})" if query.mode else ""
+    r_mode = f" (mode {', '.join(modes)})" if modes else ""
+    return (
+        f"Note: the query is {kinds[0]}{q_mode} but {len(other)} of {len(refs)} reference(s) are {kinds[1]}"
+        f"{r_mode}; the modes differ, so the colour difference alone can raise the score. Fix: compare images "
+        "of the same mode (convert the query or the references)."
+    )
+
+
+__all__ = ["AgentRuntime", "RunResources", "ToolError", "mode_note", "require_references_or_model"]

@@ -119,7 +119,7 @@ def image_curve_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, flo
         f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
     best = int(np.argmax(f1))
     return {
-        "auroc": float(np.trapezoid(tpr, fpr)),
+        "auroc": trapezoid(tpr, fpr),
         "aupr": float(-np.sum(np.diff(recall) * p)),
         "f1_max": float(f1[best]),
         "f1_max_threshold": float(thresholds[best]),
@@ -256,6 +256,16 @@ def _thresholds(masks: Sequence[Any], maps: Sequence[Any], num_thresholds: int) 
     return np.unique(np.r_[np.float32(lo), qs, np.float32(hi)])
 
 
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoid-rule area under y(x), as ``np.trapezoid`` (NumPy >= 2) and ``np.trapz`` (NumPy 1.x, removed in
+    2.4): written out so the declared ``numpy>=1.26`` works on both."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if y.size < 2:
+        return 0.0
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2.0)
+
+
 def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Area under y(x) from x[0] to x_max (x ascending), interpolating y linearly at x_max."""
     keep = x <= x_max
@@ -265,7 +275,7 @@ def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
         x0, x1, y0, y1 = x[j - 1], x[j], y[j - 1], y[j]
         y_at = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0) if x1 > x0 else y1
         xs, ys = np.r_[xs, x_max], np.r_[ys, y_at]
-    return float(np.trapezoid(ys, xs))
+    return trapezoid(ys, xs)
 
 
 def pixel_metrics(
@@ -358,7 +368,7 @@ def pixel_metrics(
     tpr = np.r_[0.0, tp / n_pos]
     fpr = np.r_[0.0, fp / n_neg]
     pro = np.r_[0.0, pro]
-    out["pixel_auroc"] = float(np.trapezoid(tpr, fpr))
+    out["pixel_auroc"] = trapezoid(tpr, fpr)
     out["aupro"] = _trapezoid_to(fpr, pro, max_fpr) / max_fpr
     out["notes"] = notes
     return out

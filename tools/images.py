@@ -9,15 +9,22 @@ Conversion rule to RGB uint8 (documented in README, "Image intake"):
   intensities stay comparable between images.
 - ``F`` (float) and anything else: `UnsupportedModeError`.
 
-Size limit: ``max_pixels`` (default `DEFAULT_MAX_PIXELS` = 40 MP, checked from the header before any
-decoding). Override with the ``max_image_pixels`` config field or ``ANOMALY_AGENT_MAX_IMAGE_PIXELS``.
+Size limits: ``max_pixels`` (default `DEFAULT_MAX_PIXELS` = 40 MP, checked from the header before any
+decoding; it replaces Pillow's own decompression-bomb limit, so raising it works). Override with the ``max_image_pixels``
+config key or ``ANOMALY_AGENT_MAX_IMAGE_PIXELS``. ``min_side`` (the ``min_image_side`` config key,
+``ANOMALY_AGENT_MIN_IMAGE_SIDE``, default `DEFAULT_MIN_SIDE` = 32 px for the agent): an image whose
+shorter side is below it is too small to judge. Only regular files are opened (a named pipe or a device
+is refused before `open`, which could block forever).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import stat
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +32,30 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MIN_SIDE = 32
+_PIL_LIMIT_LOCK = threading.Lock()
+_pil_limit_users = 0
+_pil_saved_limit: int | None = None
+
+
+@contextmanager
+def _pillow_limit_off():
+    """Lift Pillow's global `Image.MAX_IMAGE_PIXELS` while any thread opens or decodes through us (our own
+    `max_pixels` check from the header applies instead, so the setting, not Pillow's default, decides);
+    restored when the last one is done. Decoding in other threads is not serialised."""
+    global _pil_limit_users, _pil_saved_limit
+    with _PIL_LIMIT_LOCK:
+        if _pil_limit_users == 0:
+            _pil_saved_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pil_limit_users += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _pil_limit_users -= 1
+            if _pil_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_saved_limit
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -59,7 +90,19 @@ class CorruptImageError(ImageInputError):
 
 class ImageTooLargeError(ImageInputError):
     cause = "image too large"
-    fix = "downscale it, or raise the limit with --max-image-pixels / ANOMALY_AGENT_MAX_IMAGE_PIXELS"
+    fix = ("downscale it, or raise the limit with ANOMALY_AGENT_MAX_IMAGE_PIXELS or the max_image_pixels "
+           "config key")
+
+
+class ImageTooSmallError(ImageInputError):
+    cause = "image too small to judge"
+    fix = ("pass a larger image, or lower the limit with ANOMALY_AGENT_MIN_IMAGE_SIDE or the min_image_side "
+           "config key")
+
+
+class NotARegularFileError(ImageInputError):
+    cause = "not a regular file"
+    fix = "pass an image file (named pipes, sockets and devices are not read)"
 
 
 class UnsupportedModeError(ImageInputError):
@@ -97,12 +140,13 @@ def _to_rgb(img: Image.Image, source: str) -> np.ndarray:
     raise UnsupportedModeError(source, f"mode {mode!r}")
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> np.ndarray:
     """Read and validate one image.
 
     Args:
         source: a path, or the encoded bytes of an image.
         max_pixels: width*height limit, checked from the header before decoding.
+        min_side: the smallest accepted shorter side, in pixels.
 
     Returns:
         HxWx3 uint8 RGB array, EXIF orientation applied.
@@ -110,18 +154,41 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
     Raises:
         ImageInputError: one of its subclasses, naming the file, the cause and the fix.
     """
+    return load_image_with_mode(source, max_pixels, min_side)[0]
+
+
+def _open_stream(source: str | Path | bytes) -> tuple[str, io.IOBase]:
     if isinstance(source, bytes | bytearray):
-        name, stream = "<bytes>", io.BytesIO(source)
-    else:
-        path = Path(source)
-        name = str(source)
-        if not path.exists():
-            raise ImageNotFoundError(name)
-        if path.is_dir():
-            raise NotAnImageError(name, "it is a directory")
-        stream = path.open("rb")
+        return "<bytes>", io.BytesIO(source)
+    path = Path(source)
+    name = str(source)
     try:
-        with warnings.catch_warnings():
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageNotFoundError(name) from None
+    except PermissionError as exc:
+        raise NotAnImageError(name, f"cannot read it: {exc.strerror}") from None
+    except OSError as exc:  # name too long, a loop of links, ...
+        raise ImageNotFoundError(name, exc.strerror or type(exc).__name__) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAnImageError(name, "it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise NotARegularFileError(name, f"it is {kind}")
+    try:
+        return name, path.open("rb")
+    except OSError as exc:
+        raise NotAnImageError(name, f"cannot read it: {exc.strerror or exc}") from None
+
+
+def load_image_with_mode(
+    source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1
+) -> tuple[np.ndarray, str]:
+    """`load_image`, also returning the file's Pillow mode before conversion ("L", "RGB", "I;16", ...)."""
+    name, stream = _open_stream(source)
+    try:
+        with _pillow_limit_off(), warnings.catch_warnings():
+            # Pillow's own bomb limit (89 MP) would refuse before ours: ours, from the header, replaces it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = Image.open(stream)
@@ -129,6 +196,8 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
                 raise NotAnImageError(name, "unrecognised format") from exc
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageTooLargeError(name, str(exc)) from exc
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:  # header cut short ("Truncated File Read")
+                raise CorruptImageError(name, str(exc) or type(exc).__name__) from exc
         if img.format not in SUPPORTED_FORMATS:
             raise NotAnImageError(name, f"format {img.format} is not supported")
         width, height = img.size
@@ -136,16 +205,16 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
             raise ImageTooLargeError(name, f"{width}x{height} = {width * height} pixels > {max_pixels}")
         if width == 0 or height == 0:
             raise CorruptImageError(name, f"empty image {width}x{height}")
-        previous_limit = Image.MAX_IMAGE_PIXELS
-        try:
-            Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
-            img.load()
-            img = ImageOps.exif_transpose(img)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptImageError(name, str(exc)) from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous_limit
-        return np.ascontiguousarray(_to_rgb(img, name))
+        if min(width, height) < min_side:
+            raise ImageTooSmallError(name, f"{width}x{height}; the shorter side must be at least {min_side} px")
+        mode = img.mode
+        with _pillow_limit_off():  # our limit was checked above; some decoders (TIFF tiles) check again
+            try:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise CorruptImageError(name, str(exc)) from exc
+        return np.ascontiguousarray(_to_rgb(img, name)), mode
     finally:
         stream.close()
 
@@ -161,6 +230,7 @@ class StoredImage:
         parent: id of the image it was derived from (crop, alignment), or None.
         offset_xy: where pixel (0, 0) of this image lies in the parent, in parent pixels.
         scale: parent pixels per pixel of this image (a 2x upsampled crop has scale 0.5).
+        mode: the file's Pillow mode before conversion to RGB ("L", "RGB", ...), None for arrays.
     """
 
     id: str
@@ -169,6 +239,7 @@ class StoredImage:
     parent: str | None = None
     offset_xy: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
+    mode: str | None = None
     _digest: str | None = field(default=None, repr=False)
 
     @property
@@ -190,8 +261,9 @@ class StoredImage:
 class ImageStore:
     """Validated images, handed out by id. Tools take ids, never pixels in JSON."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> None:
         self.max_pixels = max_pixels
+        self.min_side = min_side
         self._images: dict[str, StoredImage] = {}
         self._counters: dict[str, int] = {}
 
@@ -204,9 +276,11 @@ class ImageStore:
 
     def add_file(self, source: str | Path | bytes, image_id: str | None = None, prefix: str = "img") -> str:
         """Validate and store an image file; returns its id."""
-        pixels = load_image(source, self.max_pixels)
+        pixels, mode = load_image_with_mode(source, self.max_pixels, self.min_side)
         label = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
-        return self.add_array(pixels, source=label, image_id=image_id, prefix=prefix)
+        image_id = self.add_array(pixels, source=label, image_id=image_id, prefix=prefix)
+        self._images[image_id].mode = mode
+        return image_id
 
     def add_array(
         self,

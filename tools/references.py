@@ -23,6 +23,15 @@ def _is_image(path: Path) -> bool:
 def _expand_one(spec: str | Path) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass  # a glob, or a path that does not exist: said below
+    except OSError as exc:  # a name too long, a loop of links, no permission
+        if not glob.has_magic(text):
+            msg = (f"reference path {text!r} cannot be read ({exc.strerror or type(exc).__name__}). "
+                   "Fix: pass a folder of normal images, a glob or image files")
+            raise ReferenceSpecError(msg) from None
     if path.is_dir():
         return sorted(p for p in path.iterdir() if _is_image(p))
     if path.is_file():

@@ -99,10 +99,10 @@ def _auto(config: AgentConfig) -> Backend:
     ok, detail = _local_status(config)
     if ok:
         return _transformers(config, f"auto chose transformers: {notes[0]}; local model {config.local_model}: {detail}")
-    notes.append(f"local model {config.local_model}: {detail}")
-    reason = (
-        f"auto chose none: no model ({'; '.join(notes)}); running tools and fusion only. Fix: start a server "
-        "(`anomaly-agent serve-model`) and set --base-url, or put the local model's weights in the HF cache"
+    cause = detail.split(". Fix")[0].split(". ")[0][:160]  # the cause only; `doctor` shows the fix in full
+    notes.append(cause if cause.startswith("local model") else f"local model {config.local_model}: {cause}")
+    reason = (  # one short line per run; `doctor` gives the download instructions
+        f"auto chose none: no model ({'; '.join(notes)}); running tools and fusion only. Fix: see `anomaly-agent doctor`"
     )
     return Backend("none", None, None, reason, supports_logprobs=False)
 

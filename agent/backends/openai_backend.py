@@ -95,7 +95,7 @@ def map_error(exc: BaseException, base_url: str, model: str, timeout_s: float, a
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
         return ModelTimeoutError(
             f"{base_url} did not answer within {timeout_s:g}s (request timed out). Fix: raise "
-            "request_timeout_s (--timeout / ANOMALY_AGENT_REQUEST_TIMEOUT_S) or check the server's load"
+            "ANOMALY_AGENT_REQUEST_TIMEOUT_S (the request_timeout_s config key) or check the server's load"
         )
     if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
         return ModelUnreachableError(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,3 +25,39 @@ def print_json_line(data: Any) -> None:
     """One JSON object per line on stdout (for --json)."""
     sys.stdout.write(json.dumps(data, default=str) + "\n")
     sys.stdout.flush()
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_") or "x"
+
+
+def unique_stems(paths: list[str]) -> dict[str, str]:
+    """A file-name stem per path, unique within the batch, for output files such as overlays.
+
+    The file's stem when no other path in the batch shares it; otherwise the stem prefixed by as many
+    parent folders as tell the sharing paths apart (``test/good/000.png`` and ``test/hole/000.png``
+    -> ``good_000`` and ``hole_000``); a short hash of the absolute path when even that is not enough.
+    The same file given twice gets one stem. Deterministic: it depends on the set of paths only.
+    """
+    absolute = {p: Path(p).expanduser().absolute() for p in paths}
+    groups: dict[str, list[Path]] = {}
+    for path in dict.fromkeys(absolute.values()):
+        groups.setdefault(path.stem, []).append(path)
+    stem_of: dict[Path, str] = {}
+    for stem, members in groups.items():
+        if len(members) == 1:
+            stem_of[members[0]] = _safe(stem)
+            continue
+        for depth in range(1, max(len(m.parts) for m in members)):
+            names = {m: "_".join([*(_safe(p) for p in m.parent.parts[-depth:]), _safe(stem)]) for m in members}
+            if len(set(names.values())) == len(members):
+                stem_of.update(names)
+                break
+        else:
+            stem_of.update({m: f"{_safe(stem)}_{hashlib.sha1(str(m).encode()).hexdigest()[:8]}" for m in members})
+    taken: dict[str, Path] = {}
+    for path, name in list(stem_of.items()):  # a prefixed name may equal another file's plain stem
+        if name in taken and taken[name] != path:
+            stem_of[path] = f"{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        taken[stem_of[path]] = path
+    return {p: stem_of[a] for p, a in absolute.items()}

@@ -2,7 +2,10 @@
 
 Exit codes: 0 = ran (whatever the verdicts); 1 = with --fail-on-anomaly, some image is anomalous;
 2 = bad input or config; 3 = model/server failure; 4 = internal error (a bug: please report it).
-Every image is judged even when one fails; the exit code reports the worst failure.
+Every image is judged even when one fails. Precedence: with --fail-on-anomaly, 1 wins whenever any
+image is anomalous, even if others failed (a gate must never miss an anomaly; the failures are still
+printed and counted in the summary line); otherwise the worst failure (4 > 3 > 2), else 0.
+A folder argument stands for its image files (sorted, not recursive), like --refs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli, print_json_line
+from agent.commands.common import ConfigOption, config_from_cli, print_json_line, unique_stems
 from agent.schemas import Verdict
 
 EXIT_FOR_ERROR = {"input": 2, "model": 3, "timeout": 3, "internal": 4}
@@ -25,13 +28,49 @@ def references_arg(refs: list[str] | None) -> list[str] | str | None:
     return refs[0] if len(refs) == 1 else list(refs)
 
 
+def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument as (path, None); a folder becomes its image files, sorted (an empty one: (folder, error))."""
+    from tools.references import IMAGE_SUFFIXES
+
+    items: list[tuple[str, str | None]] = []
+    for image in images:
+        try:
+            is_dir = Path(image).is_dir()
+        except OSError:  # a name too long, a loop of links: intake reports it for this item
+            is_dir = False
+        path = Path(image)
+        if not is_dir:
+            items.append((image, None))
+            continue
+        files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            items.append((image, f"{image}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)}). "
+                                 "Fix: pass image files or a folder that holds them"))
+        items.extend((f, None) for f in files)
+    return items
+
+
+def error_line(verdict: Verdict) -> str:
+    """The one line printed for an error record: the message, prefixed by the image unless it names it."""
+    message = verdict.error or "failed"
+    image = verdict.image or ""
+    return message if not image or message.startswith(image) else f"{image}: {message}"
+
+
+def summary_line(verdicts: list[Verdict]) -> str:
+    judged = [v for v in verdicts if v.status == "ok"]
+    anomalous = sum(1 for v in judged if v.pred_label == "anomalous")
+    errors = len(verdicts) - len(judged)
+    return f"summary: {len(judged)} judged, {anomalous} anomalous, {errors} error(s) of {len(verdicts)} image(s)"
+
+
 def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
     from rich.console import Console
 
-    console = Console(highlight=False)
-    if verdict.status == "error":
-        console.print(f"[bold]{verdict.image}[/bold]: [red]ERROR[/red] {verdict.error}")
+    if verdict.status == "error":  # one line, on stderr only
+        print(f"error: {error_line(verdict)}", file=sys.stderr)
         return
+    console = Console(highlight=False)
     colour = "red" if verdict.pred_label == "anomalous" else "green"
     console.print(
         f"[bold]{verdict.image}[/bold]: [{colour}]{verdict.pred_label.upper()}[/{colour}] "
@@ -47,18 +86,18 @@ def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
 
 
 def exit_code(verdicts: list[Verdict], fail_on_anomaly: bool) -> int:
-    codes = [EXIT_FOR_ERROR.get(v.error_kind or "internal", 4) for v in verdicts if v.status == "error"]
-    if codes:
-        return max(codes)
-    if fail_on_anomaly and any(v.pred_label == "anomalous" for v in verdicts):
+    """1 if --fail-on-anomaly and any image is anomalous (even when others failed), else the worst
+    failure's code (4 > 3 > 2), else 0."""
+    if fail_on_anomaly and any(v.status == "ok" and v.pred_label == "anomalous" for v in verdicts):
         return 1
-    return 0
+    codes = [EXIT_FOR_ERROR.get(v.error_kind or "internal", 4) for v in verdicts if v.status == "error"]
+    return max(codes, default=0)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("detect")
     def detect(
-        images: list[str] = typer.Argument(..., help="Image files to judge."),
+        images: list[str] = typer.Argument(..., help="Image files to judge, or folders of them (sorted)."),
         category: str | None = typer.Option(None, "--category", "-c", help="Class name, e.g. 'bottle'."),
         refs: list[str] | None = typer.Option(None, "--refs", help="Normal references: folder, glob, file(s), or 'memory'. Repeatable."),
         memory: Path | None = typer.Option(None, "--memory", help="Memory store folder (default: config memory_path)."),
@@ -70,7 +109,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
-        fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous."),
+        fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous, even if other images failed (their errors are still printed)."),
         config: Path | None = ConfigOption,
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
@@ -80,22 +119,32 @@ def register(app: typer.Typer) -> None:
                               memory_path=memory, threshold=threshold)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
+        for folder in (out, trace):  # a file in the way is exit 2 now, not after the first image
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
         references = references_arg(refs)
+        items = expand_images(images)
+        stems = unique_stems([path for path, _ in items]) if out is not None else {}
         verdicts = []
-        for image in images:
-            verdict = agent.detect(image, category=category, references=references, trace_dir=trace)
+        for image, problem in items:
+            if problem is not None:
+                verdict = Verdict.failed(image, problem, category, kind="input")
+            else:
+                verdict = agent.detect(image, category=category, references=references, trace_dir=trace)
             overlay = None
             if out is not None and verdict.status == "ok":
                 from agent.overlays import write_verdict_overlay
 
-                overlay = write_verdict_overlay(verdict, image, out / f"{Path(image).stem}_overlay.png",
+                overlay = write_verdict_overlay(verdict, image, out / f"{stems[image]}_overlay.png",
                                                 cfg.max_image_pixels)
             if as_json:
                 print_json_line({**verdict.model_dump(mode="json"), "image": image,
                                  **({"overlay": overlay} if overlay else {})})
+                if verdict.status == "error":
+                    print(f"error: {error_line(verdict)}", file=sys.stderr)
             else:
                 print_verdict(verdict, overlay)
-            if verdict.status == "error":
-                print(f"error: {verdict.error}", file=sys.stderr)
             verdicts.append(verdict)
+        if len(verdicts) > 1:
+            print(summary_line(verdicts), file=sys.stderr)
         raise typer.Exit(exit_code(verdicts, fail_on_anomaly))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli, print_json_line
+from agent.commands.common import ConfigOption, config_from_cli, print_json_line, unique_stems
 from agent.errors import UserInputError
 
 
@@ -40,16 +40,6 @@ def validate_tool_args(tool, args: dict) -> dict:
         msg = f"invalid --arg for {tool.name}: {problems}. Fix: valid arguments are {valid}"
         raise UserInputError(msg) from None
     return args
-
-
-def _overlay_name(out_dir: Path, image: str, tool: str, used: set[str]) -> Path:
-    stem = Path(image).stem or "image"
-    name, n = f"{stem}_{tool}.png", 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{tool}_{n}.png"
-    used.add(name)
-    return out_dir / name
 
 
 def _result_map(tool, output):
@@ -118,22 +108,24 @@ def register(app: typer.Typer) -> None:
         tool_args = validate_tool_args(tool, parse_tool_args(arg or []))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-        store = ImageStore(max_pixels=cfg.max_image_pixels)
+        store = ImageStore(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
         ref_ids = [store.add_file(p, prefix="ref") for p in resolve_references(refs or None)]
         image_ids = [store.add_file(p, prefix="img") for p in images]  # bad image: exit 2 before any work
         ctx = ToolContext(store, reference_ids=ref_ids, settings=cfg.tool_settings(out_dir=out), category=category)
-        used: set[str] = set()
+        stems = unique_stems(images)  # test/good/000.png and test/hole/000.png: good_000, hole_000
         for image, image_id in zip(images, image_ids, strict=True):
             ctx.query_id = image_id
             output = tool.run(dict(tool_args), ctx)
+            overlay = None
             if out is not None:
                 amap = _result_map(tool, output)
                 if amap is not None:
-                    write_overlay(store.get(image_id).pixels, amap, _overlay_name(out, image, name, used),
-                                  regions=output.regions)
+                    overlay = str(write_overlay(store.get(image_id).pixels, amap, out / f"{stems[image]}_{name}.png",
+                                                regions=output.regions))
             if as_json:
-                print_json_line({"image": image, "tool": name, **output.model_dump(mode="json")})
+                print_json_line({"image": image, "tool": name, **output.model_dump(mode="json"),
+                                 **({"overlay": overlay} if overlay else {})})
             else:
-                typer.echo(_human(image, output))
+                typer.echo(_human(image, output) + (f"\n  overlay: {overlay}" if overlay else ""))
 
     app.add_typer(group, name="tools")

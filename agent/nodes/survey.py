@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from agent.runtime import AgentRuntime, require_references_or_model
+from agent.runtime import AgentRuntime, mode_note, require_references_or_model
 from agent.state import State
 
 
@@ -13,10 +13,15 @@ def survey(state: State, *, rt: AgentRuntime) -> dict:
     start = time.perf_counter()
     res = rt.resources(state["run_id"])
     n_refs = len(res.ctx.reference_ids)
-    require_references_or_model(rt, n_refs)
+    memory_normals = sum(1 for e in state.get("memory_examples") or [] if e["example"].get("label") == "normal")
+    require_references_or_model(rt, n_refs, memory_normals, state.get("category"))
+    note = mode_note(res.images, state["query_id"], res.ctx.reference_ids) if n_refs else None
     evidence = []
     for name in rt.survey_tools(n_refs):
         ev = rt.run_tool(name, {"image_id": state["query_id"]}, res)
+        if note and ev.score is not None:  # the first scoring evidence carries it into the explanation
+            ev.summary = f"{ev.summary} {note}".strip()
+            note = None
         evidence.append(ev.model_dump(mode="json"))
     return {
         "evidence": evidence,

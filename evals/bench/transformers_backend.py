@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         models = {args.model: args.model}
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from tests.tiny_vlms import FAMILIES, build_tiny_vlm
+        try:
+            from tests.tiny_vlms import FAMILIES, build_tiny_vlm
+        except ImportError:
+            msg = ("the tiny test VLMs (tests/tiny_vlms.py) ship with a source checkout, not with the installed "
+                   "package. Fix: pass --model PATH_OR_ID, or run this from a clone of the repository")
+            raise SystemExit(f"error: {msg}") from None
 
         root = Path(tempfile.mkdtemp(prefix="bench-tiny-vlms-"))
         models = {f"tiny {f}": str(build_tiny_vlm(f, root / f)) for f in FAMILIES}

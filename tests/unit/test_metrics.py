@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from evals.metrics import MetricsInputError, aggregate, image_metrics, pixel_metrics
+from evals.metrics import MetricsInputError, aggregate, image_metrics, pixel_metrics, trapezoid
 
 # ----------------------------------------------------------------------------- image level
 
@@ -135,7 +135,7 @@ def _reference_pixel(masks, maps, max_fpr=0.3):
     fprs, pros = np.array(fprs), np.array(pros)
     x = np.r_[fprs[fprs <= max_fpr], max_fpr]
     y = np.r_[pros[fprs <= max_fpr], np.interp(max_fpr, fprs, pros)]
-    return float(np.trapezoid(y, x)) / max_fpr
+    return trapezoid(y, x) / max_fpr
 
 
 def _random_case(seed, shapes):
@@ -250,3 +250,15 @@ def test_aggregate_mean_row():
     assert any(n.startswith("auroc: mean over 2 of 3") and "c" in n for n in mean["notes"])
     all_none = aggregate({"a": {"auroc": None}})
     assert all_none["mean"]["auroc"] is None
+
+
+def test_trapezoid_needs_no_numpy_2(monkeypatch):
+    """numpy>=1.26 is declared: the metrics must not call np.trapezoid (NumPy 2 only) nor np.trapz (gone in 2.4)."""
+    monkeypatch.delattr(np, "trapezoid", raising=False)
+    monkeypatch.delattr(np, "trapz", raising=False)
+    x = np.array([0.0, 0.25, 0.5, 1.0])
+    y = np.array([0.0, 0.5, 0.75, 1.0])
+    assert trapezoid(y, x) == pytest.approx(0.0625 + 0.15625 + 0.4375)
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    assert image_metrics(labels, scores)["auroc"] == pytest.approx(roc_auc_score(labels, scores))
