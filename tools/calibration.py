@@ -37,14 +37,18 @@ class Calibrator:
     n: int
 
     @classmethod
-    def fit(cls, normal_scores) -> Calibrator:
+    def fit(cls, normal_scores, min_rel_spread: float = MIN_REL_SPREAD,
+            max_rel_spread: float | None = None) -> Calibrator:
+        """Fit on normal scores; the spread is kept within [min, max] x |median| (max: no cap)."""
         scores = np.asarray(list(normal_scores), dtype=np.float64)
         if scores.size == 0:
             msg = "cannot calibrate on zero normal scores"
             raise ValueError(msg)
         center = float(np.median(scores))
         spread = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
-        spread = max(spread, MIN_REL_SPREAD * abs(center), MIN_ABS_SPREAD)
+        if max_rel_spread is not None:
+            spread = min(spread, max_rel_spread * abs(center))
+        spread = max(spread, min_rel_spread * abs(center), MIN_ABS_SPREAD)
         return cls(center=center, spread=spread, n=int(scores.size))
 
     def z(self, raw: float) -> float:

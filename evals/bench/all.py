@@ -17,6 +17,7 @@ import traceback
 # (module, arguments for a full run, arguments for --quick)
 BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("tools", [], ["--quick"]),
+    ("patch_knn_protocol", [], ["--k", "4", "--draws", "1", "--latency-images", "4"]),
     ("agent", [], ["--repeats", "3"]),
     ("backend_overhead", [], ["--repeats", "5"]),
     ("memory", [], ["--n", "2000", "--queries", "100", "--no-server"]),
