@@ -534,7 +534,8 @@ class PatchKnn(Tool):
         if len(refs) < 2:
             choices.append("position kept: one reference cannot show whether parts sit in fixed places")
             return True, choices
-        shift = median_displacement([f[..., :-2] for f in plain])
+        sample = np.unique(np.linspace(0, len(plain) - 1, min(len(plain), cfg.max_loo)).round().astype(int))
+        shift = median_displacement([plain[i][..., :-2] for i in sample])  # k(k-1) searches: at most max_loo refs
         if shift > cfg.max_displacement:
             choices.append(f"position left out: the references' parts match {shift:.2f} of the image apart "
                            f"(> {cfg.max_displacement:g}), so they do not sit in fixed places")
