@@ -74,6 +74,15 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def no_caches(tmp_path, monkeypatch):
+    """Empty torch hub and HF caches so nothing on this machine is found by accident."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.fixture
 def realsets() -> Path:
     """The shared real images; skips when the folder is absent (a clean checkout without ../shared)."""
     if not (REALSETS / "index.csv").exists():

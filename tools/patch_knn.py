@@ -257,9 +257,7 @@ def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, i
 def _coordinates(fmap: torch.Tensor) -> torch.Tensor:
     """1x2xhxw tensor: each cell centre's (x, y) as a fraction of the grid's width and height."""
     h, w = fmap.shape[-2:]
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)])[None]
+    return torch.from_numpy(_cell_positions((h, w)).T.reshape(2, h, w).copy())[None]
 
 
 def image_score(patch_map: np.ndarray, topk: float, border: int = 0) -> float:

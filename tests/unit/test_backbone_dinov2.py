@@ -17,14 +17,6 @@ PATCH, WIDTH, DEPTH = 14, 64, 2
 
 
 @pytest.fixture
-def no_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture
 def tiny_vit():
     """A random DINOv2-shaped ViT: patch 14, width 64 (one 64-dim head), 2 blocks, layer scale, 4x4 grid."""
     torch.manual_seed(0)

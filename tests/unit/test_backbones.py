@@ -19,15 +19,6 @@ from tools.base import ToolSettings
 from tools.weights import WeightsNotFoundError, resolve_weight_file
 
 
-@pytest.fixture
-def no_caches(tmp_path, monkeypatch):
-    """Empty torch hub and HF caches so nothing on this machine is found by accident."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 def test_efficientnet_features_match_declared_strides_and_channels():
     bb = get_backbone("efficientnet_lite0", ToolSettings(device="cpu"))
     assert bb.model_id == "efficientnet_lite0@imagenet"
