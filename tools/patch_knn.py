@@ -301,17 +301,26 @@ def median_displacement(feats: list[np.ndarray]) -> float:
     Args:
         feats: per reference a gh x gw x C feature array without position columns.
     """
+    flat = [f.reshape(-1, f.shape[-1]) for f in feats]
+    indices = [_flat_index(v) for v in flat]
+    positions = [_cell_positions(f.shape[:2]) for f in feats]
     per_pair = []
-    for i, fi in enumerate(feats):
-        flat_i = fi.reshape(-1, fi.shape[-1])
-        keep = np.linalg.norm(flat_i, axis=1) >= np.median(np.linalg.norm(flat_i, axis=1))
-        for j, fj in enumerate(feats):
+    for i, vi in enumerate(flat):
+        norms = np.linalg.norm(vi, axis=1)
+        keep = norms >= np.median(norms)
+        query = np.ascontiguousarray(vi[keep])
+        for j, index in enumerate(indices):
             if i == j:
                 continue
-            _, nearest = _flat_index(fj.reshape(-1, fj.shape[-1])).search(np.ascontiguousarray(flat_i[keep]), 1)
-            shift = _cell_positions(fi.shape[:2])[keep] - _cell_positions(fj.shape[:2])[nearest[:, 0]]
+            _, nearest = index.search(query, 1)
+            shift = positions[i][keep] - positions[j][nearest[:, 0]]
             per_pair.append(float(np.median(np.linalg.norm(shift, axis=1))))
     return float(np.median(per_pair))
+
+
+def without_position(feats: np.ndarray) -> np.ndarray:
+    """A gh x gw x C feature array without its two position columns (the last two), contiguous."""
+    return np.ascontiguousarray(feats[..., :-2])
 
 
 def _cell_positions(grid_hw: tuple[int, int]) -> np.ndarray:
@@ -351,7 +360,7 @@ class ReferenceBank:
 
     def vectors(self, feats: np.ndarray) -> np.ndarray:
         """A gh x gw x C feature array as this bank compares it (position columns kept or dropped)."""
-        return np.ascontiguousarray(feats[..., :-2]) if self.drop_pos else feats
+        return without_position(feats) if self.drop_pos else feats
 
     def grid(self, feats: np.ndarray) -> np.ndarray:
         """Patch-score grid (gh x gw): each patch's distance to its nearest reference patch."""
@@ -473,7 +482,7 @@ class PatchKnn(Tool):
         drop_pos = has_pos and not use_pos
 
         def strip(f: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(f[..., :-2]) if drop_pos else f
+            return without_position(f) if drop_pos else f
 
         per_ref = [np.concatenate([strip(f).reshape(-1, strip(f).shape[-1]) for f in [plain[i], *copies[i]]])
                    for i in range(len(refs))]
@@ -533,7 +542,7 @@ class PatchKnn(Tool):
             choices.append("position kept: one reference cannot show whether parts sit in fixed places")
             return True, choices
         sample = np.unique(np.linspace(0, len(plain) - 1, min(len(plain), cfg.max_loo)).round().astype(int))
-        shift = median_displacement([plain[i][..., :-2] for i in sample])  # k(k-1) searches: at most max_loo refs
+        shift = median_displacement([without_position(plain[i]) for i in sample])  # k(k-1) searches: at most max_loo refs
         if shift > cfg.max_displacement:
             choices.append(f"position left out: the references' parts match {shift:.2f} of the image apart "
                            f"(> {cfg.max_displacement:g}), so they do not sit in fixed places")

@@ -38,11 +38,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evals.bench.tools import REALSETS, _parse_sets, print_table
+from evals.bench.tools import REALSETS, _parse_sets, _small, print_table
 
 PLAIN_PATCHCORE = dict(resolution=224, square=True, pool=3, layer_norm="none", augment="none", topk=0.0,
                        border=0, grey_norm="none", blur_sigma=0.5)
-PIXEL_SIDE = 256
 ADOPT_DROP = 0.01
 
 
@@ -82,12 +81,6 @@ def synthetic_splits(fold: str, n_train: int, n_test: int) -> list[Split]:
     return [Split(c.name, "synthetic", c.train_good, c.test) for c in load_dataset(root, layout="folder")]
 
 
-def _small(arr: np.ndarray, interp: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    f = min(1.0, PIXEL_SIDE / max(h, w))
-    return arr if f >= 1.0 else cv2.resize(arr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
-
-
 def _auroc(labels, scores) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -116,7 +109,7 @@ def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: 
         if s.mask_path:
             masks[tid] = _small(load_mask(s.mask_path, (img.height, img.width)).astype(np.uint8), cv2.INTER_NEAREST)
         elif s.label == 0:
-            masks[tid] = np.zeros(_small(np.zeros((img.height, img.width), np.uint8), cv2.INTER_NEAREST).shape, np.uint8)
+            masks[tid] = _small(np.zeros((img.height, img.width), np.uint8), cv2.INTER_NEAREST)
     has_masks = any(m.any() for m in masks.values())
     ref_ids = {}
     for k in ks:
