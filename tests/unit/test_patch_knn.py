@@ -151,7 +151,7 @@ def test_positional_view_flags_swapped_parts(tmp_path):
     ctx = ToolContext(store, query_id="swapped", reference_ids=refs,
                       settings=ToolSettings(device="cpu", out_dir=tmp_path))
     tool = PatchKnn()
-    assert "pos" in tool.config.layer_norm.split("+")
+    assert "pos" in tool.config.layer_norm
     swapped, clean = tool.run({}, ctx), tool.run({"image_id": "clean"}, ctx)
     assert swapped.score > 0.5 > clean.score
     assert max(box_iou(swapped.regions[0].bbox_xyxy, box) for box in ((30, 54, 66, 90), (110, 54, 146, 90))) > 0.2
@@ -161,12 +161,12 @@ def test_positional_view_flags_swapped_parts(tmp_path):
     assert "Chosen for these references: position kept" in swapped.summary
     # one bank of the references' own patches, the size a plain PatchCore uses (no copies)
     sizes = [_work(store.get(r), tool) for r in refs]
-    assert bank.index.ntotal == sum((h // 8) * (w // 8) for h, w in sizes)
+    assert [i.ntotal for i in bank.indexes] == [sum((h // 8) * (w // 8) for h, w in sizes)] * len(bank.views)
     # without it (setting patch_position off), a swap looks normal patch by patch
     ctx.settings = ToolSettings(device="cpu", out_dir=tmp_path, patch_position=False)
     plain = PatchKnn()
     assert plain.run({}, ctx).score < 0.5
-    assert plain.config.layer_norm == "patch+image"
+    assert plain.config.layer_norm == "image,patch+image"
 
 
 def test_position_left_out_when_parts_sit_anywhere(tmp_path):
