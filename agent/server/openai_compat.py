@@ -86,6 +86,14 @@ async def models(state: ServerState = Depends(server_state)):
 
 
 def _conversation(state: ServerState, body: ChatRequest):
+    category = body.category
+    references = body.references
+    if body.model != MODEL:
+        if not body.model.startswith(f"{MODEL}/") or not body.model.split("/", 1)[1].strip():
+            raise ApiError(404, "model_not_found", f"unknown model {body.model!r}",
+                           f"use '{MODEL}' or '{MODEL}/<category>' (GET /v1/models lists them)")
+        category = category or body.model.split("/", 1)[1]
+        references = "memory"
     users = [m for m in body.messages if m.role == "user"]
     if not users:
         raise ApiError(400, "invalid_request", "no user message", "send at least one message with role 'user'")
@@ -99,14 +107,6 @@ def _conversation(state: ServerState, body: ChatRequest):
         raise ApiError(400, "invalid_request", "no image in the conversation",
                        "attach the image to a user message as an image_url content part with a data: URL")
     question = _parts(users[-1])[0].strip() or DEFAULT_QUESTION
-    category = body.category
-    references = body.references
-    if body.model != MODEL:
-        if not body.model.startswith(f"{MODEL}/"):
-            raise ApiError(404, "model_not_found", f"unknown model {body.model!r}",
-                           f"use '{MODEL}' or '{MODEL}/<category>' (GET /v1/models lists them)")
-        category = category or body.model.split("/", 1)[1]
-        references = "memory"
     return first_image, first_text or "", question, category, references, len(users)
 
 
