@@ -37,7 +37,7 @@ def _not_found(run_id: str) -> ApiError:
 def heat_layer(grey: np.ndarray) -> np.ndarray:
     """HxW uint8 map -> HxWx4 uint8 RGBA heat layer (jet colours, alpha grows with the value)."""
     colour = cv2.applyColorMap(grey, cv2.COLORMAP_JET)[..., ::-1]
-    alpha = np.clip(grey.astype(np.float32) * 0.85, 0, 217).astype(np.uint8)
+    alpha = np.clip((grey.astype(np.float32) - 60.0) * 1.2, 0, 210).astype(np.uint8)  # low values stay clear
     return np.dstack([colour, alpha])
 
 
