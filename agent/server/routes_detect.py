@@ -67,12 +67,20 @@ class _Job:
 
     def __init__(self, state: ServerState, upload, category, references, mode, threshold, question) -> None:
         self.state, self.upload, self.category = state, upload, category
-        self.references, self.threshold, self.question = references, threshold, question
-        self.run_id, _ = state.runs.new_run(upload.data, upload.ext, {
-            "category": category, "references": mode, "image": upload.name, "threshold": threshold,
-            "reference_paths": references if isinstance(references, list) else None})
+        self.references, self.threshold, self.question, self.mode = references, threshold, question, mode
+        self.run_id: str | None = None
+
+    def start(self) -> str:
+        """Mint the run id and write its folder (once the request holds a worker slot)."""
+        if self.run_id is None:
+            self.run_id, _ = self.state.runs.new_run(self.upload.data, self.upload.ext, {
+                "category": self.category, "references": self.mode, "image": self.upload.name,
+                "threshold": self.threshold,
+                "reference_paths": self.references if isinstance(self.references, list) else None})
+        return self.run_id
 
     async def events(self):
+        self.start()
         agent = self.state.agent
         async for event in agent.astream_detect(self.upload.data, category=self.category,
                                                 references=self.references, question=self.question):
@@ -149,7 +157,7 @@ async def _stream(state: ServerState, jobs: list[_Job], deadline: float):
     started = time.monotonic()
     try:
         for index, job in enumerate(jobs):
-            yield sse("started", {"index": index, "run_id": job.run_id, "image": job.upload.name})
+            yield sse("started", {"index": index, "run_id": job.start(), "image": job.upload.name})
             iterator = job.events().__aiter__()
             try:
                 while True:
@@ -168,7 +176,7 @@ async def _stream(state: ServerState, jobs: list[_Job], deadline: float):
                     yield sse(event["type"], event)
             finally:
                 await iterator.aclose()
-        yield sse("done", {"runs": [j.run_id for j in jobs]})
+        yield sse("done", {"runs": [j.run_id for j in jobs if j.run_id]})
     finally:
         state.admission.release(started)
 
