@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, memory_path=memory)
         fields = {"host": host, "port": port, "api_key": api_key, "insecure_no_auth": insecure_no_auth,
                   "max_upload_mb": max_upload_mb, "workers": workers, "queue": queue,
-                  "request_timeout_s": request_timeout, "cors_origins": list(cor_origins(cors_origin))}
+                  "request_timeout_s": request_timeout, "cors_origins": [o for o in cors_origin or [] if o]}
         if data_dir is not None:
             fields["data_dir"] = data_dir
         settings = ServeSettings(**fields)
@@ -53,6 +53,3 @@ def register(app: typer.Typer) -> None:
               file=sys.stderr)
         uvicorn.run(create_app(settings, cfg), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
-
-def cor_origins(values: list[str] | None) -> list[str]:
-    return [v for v in values or [] if v]

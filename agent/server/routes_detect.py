@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from agent.schemas import Verdict
@@ -129,11 +130,7 @@ async def detect(request: Request, state: ServerState = Depends(server_state)):
             records.append(record)
     error = _all_failed(records)
     if error is not None:
-        body = error.body()
-        body["results"] = records
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(body, status_code=error.status)
+        return JSONResponse({**error.body(), "results": records}, status_code=error.status)
     return {"results": records}
 
 
@@ -235,5 +232,5 @@ async def feedback(run_id: str, body: Feedback, state: ServerState = Depends(ser
     was = record.get("pred_label")
     result = {"run_id": run_id, "stored": example.model_dump(mode="json"), "label": body.label,
               "verdict_was": was, "verdict_was_right": was == body.label if was else None}
-    (state.runs.folder(run_id) / "feedback.json").write_text(__import__("json").dumps(result))
+    (state.runs.folder(run_id) / "feedback.json").write_text(json.dumps(result))
     return result

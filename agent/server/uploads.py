@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import re
 
@@ -102,7 +103,6 @@ def check_image(data: bytes, name: str, config: AgentConfig) -> str:
             413 if isinstance(exc, ImageTooLargeError) else 400
         kind = {415: "unsupported_media_type", 413: "image_too_large"}.get(status, "invalid_image")
         raise ApiError(status, kind, f"{name}: {cause}", exc.fix) from None
-    import io
 
     from PIL import Image
 
