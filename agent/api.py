@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,44 @@ class AnomalyAgent:
             state = await self.graph.ainvoke(state_in, self._config(run_id))
         except Exception as exc:  # noqa: BLE001
             error = exc
+        except BaseException:  # cancelled (a caller's time limit): free the run's images, then go on
+            self.runtime.end_run(run_id)
+            raise
         return self._finish(state, run_id, image, category, started, trace_dir, error)
+
+    async def astream_detect(self, image: str | Path | bytes, category: str | None = None,
+                             references: list[str | Path] | str | Path | None = None,
+                             question: str | None = None,
+                             trace_dir: str | Path | None = None) -> AsyncIterator[dict]:
+        """`adetect`, yielding the agent's steps as they happen (`agent.events.step_events`), then
+        ``{"type": "verdict", "verdict": Verdict}`` last. Failures end in an error verdict as in
+        `detect`; cancelling the iteration frees the run's resources."""
+        from agent.events import step_events
+
+        started = time.perf_counter()
+        state_in, run_id = self._input(image, category, references, question)
+        state, error, n_refs = None, None, 0
+        try:
+            async for mode, chunk in self.graph.astream(state_in, self._config(run_id),
+                                                        stream_mode=["updates", "values"]):
+                if mode == "values":
+                    state = chunk
+                    continue
+                for node, update in chunk.items():
+                    if isinstance(update, dict) and update.get("reference_ids") is not None:
+                        n_refs = len(update["reference_ids"])
+                    for event in step_events(node, update):
+                        yield event
+                    if node == "retrieve_memory":
+                        yield {"type": "survey_started", "tools": self.runtime.survey_tools(n_refs)}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
+            error = exc
+        except BaseException:
+            self.runtime.end_run(run_id)
+            raise
+        if error is None and (state is None or not state.get("verdict")):
+            error = RuntimeError("the graph ended without a verdict")
+        yield {"type": "verdict", "verdict": self._finish(state, run_id, image, category, started, trace_dir, error)}
 
     # chat ----------------------------------------------------------------------------------------
     def _chat_graph(self):
@@ -169,6 +207,19 @@ class AnomalyAgent:
         Raises:
             UserInputError: a new session without an image, or an image that does not match the session.
         """
+        reply = None
+        for event in self.chat_stream(message, image, session, category, references):
+            if event["type"] == "reply":
+                reply = event["reply"]
+        return reply
+
+    def chat_stream(self, message: str, image: str | Path | None = None, session: str | None = None,
+                    category: str | None = None,
+                    references: list[str | Path] | str | Path | None = None) -> Iterator[dict]:
+        """`chat`, yielding the turn's steps (`agent.events.step_events`) as they happen, then
+        ``{"type": "reply", "reply": ChatReply}`` last. Raises as `chat` does."""
+        from agent.events import step_events
+
         graph = self._chat_graph()
         session = session or uuid.uuid4().hex[:12]
         saved = self.session_state(session)
@@ -185,7 +236,14 @@ class AnomalyAgent:
                 raise UserInputError(msg)
             state_in, _ = self._input(image, category, references, message)
             state_in["run_id"] = session
-        state = graph.invoke(state_in, config)
+        state: dict = {}
+        for mode, chunk in graph.stream(state_in, config, stream_mode=["updates", "values"]):
+            if mode == "values":
+                state = chunk
+                continue
+            for node, update in chunk.items():
+                yield from step_events(node, update)
         verdict = Verdict.model_validate(state["verdict"]) if state.get("verdict") else None
         turns = sum(1 for m in state.get("messages", []) if getattr(m, "type", "") == "human" and "Question:" in str(m.content))
-        return ChatReply(session=session, answer=state.get("answer") or "", verdict=verdict, turn=max(turns, 1))
+        yield {"type": "reply", "reply": ChatReply(session=session, answer=state.get("answer") or "",
+                                                   verdict=verdict, turn=max(turns, 1))}

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "tools",
     "memory",
     "synth",
+    "serve",
     "serve_model",
     "doctor",
     "config",

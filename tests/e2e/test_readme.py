@@ -12,10 +12,12 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_quick_start_is_two_commands():
+def test_quick_start_is_two_commands_and_serve():
     text = README.read_text()
     quick = text.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    assert quick.strip().splitlines() == ["make demo", "make test"]
+    lines = quick.strip().splitlines()
+    assert lines[:2] == ["make demo", "make test"] and len(lines) == 3
+    assert lines[2].startswith("anomaly-agent serve ") and "http://127.0.0.1:8080/" in lines[2]
 
 
 def test_python_example_runs(tmp_path, monkeypatch, capsys, isolated_home):

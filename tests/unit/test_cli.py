@@ -60,3 +60,13 @@ def test_doctor_only_fails_on_what_the_config_needs(capsys, isolated_home):
     code, data = _doctor(capsys, "--backend", "none")
     assert code == 0  # no endpoint, no CLIP, no SAM, no local MLLM: none of them needed
     assert any(not c["ok"] for c in data["checks"])
+
+
+def test_serve_refuses_an_open_host_without_a_key(capsys, isolated_home, monkeypatch):
+    """`serve --host 0.0.0.0` without --api-key stops at once (exit 2), naming the fix; nothing is served."""
+    from agent.cli import main
+
+    monkeypatch.delenv("ANOMALY_AGENT_SERVE_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--backend", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key" in err and "--insecure-no-auth" in err and err.startswith("error: ")

@@ -1,0 +1,55 @@
+"""JSON errors that name the cause and the fix: ``{"error": {"type", "message", "fix", "status"}}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    """An HTTP error with a cause and a fix (and extra headers, e.g. Retry-After)."""
+
+    def __init__(self, status: int, kind: str, message: str, fix: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.fix = status, kind, message, fix
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"type": self.kind, "message": self.message, "fix": self.fix, "status": self.status}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def split_fix(text: str) -> tuple[str, str]:
+    """("cause", "fix") from the project's one-line messages "cause. Fix: fix"."""
+    cause, sep, fix = text.partition(" Fix: ")
+    return (cause.rstrip(". ") or text, fix.rstrip(".")) if sep else (text, "")
+
+
+_HTTP_FIX = {
+    404: "check the URL; see /docs for the API",
+    405: "check the HTTP method; see /docs for the API",
+    401: "send 'Authorization: Bearer <api key>'",
+}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: ApiError, FastAPI's validation errors and plain HTTP errors, all as JSON."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors())
+        return ApiError(422, "invalid_request", f"invalid request: {problems}",
+                        "correct the named fields; see /docs for the schema").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, "http_error", str(exc.detail),
+                        _HTTP_FIX.get(exc.status_code, "see /docs for the API"), dict(exc.headers or {})).response()

@@ -1,0 +1,107 @@
+"""Memory routes: stats, add an example (multipart), add a class note."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from agent.server.errors import ApiError, split_fix
+from agent.server.forms import images_field, read_form, text_field
+from agent.server.state import ServerState, server_state
+
+router = APIRouter(prefix="/v1/memory", tags=["memory"])
+
+EXAMPLE_FORM = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image", "category", "label"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "category": {"type": "string"},
+            "label": {"type": "string", "enum": ["normal", "anomalous"]},
+            "defect_type": {"type": "string"},
+            "description": {"type": "string"},
+        }}}}},
+}
+
+
+def _store_error(exc: Exception) -> ApiError:
+    cause, fix = split_fix(str(exc))
+    return ApiError(409 if "already" in cause else 400, "memory_error", cause, fix or "see the message")
+
+
+@router.get("/stats", summary="Examples per category and label, notes, embedding models")
+async def stats(state: ServerState = Depends(server_state)):
+    store = state.memory()
+
+    def read():
+        data = store.stats()
+        return {"store": store.location,
+                "categories": {c: {**row, "embedding_models": store.embedding_models(c)} for c, row in data.items()}}
+
+    return await asyncio.to_thread(read)
+
+
+@router.post("/examples", openapi_extra=EXAMPLE_FORM, summary="Add an image as a normal or labelled anomalous example")
+async def add_example(request: Request, state: ServerState = Depends(server_state)):
+    store = state.memory()
+    form = await read_form(request, max_files=2)
+    upload = (await images_field(form, "image", state.config, 1))[0]
+    category = text_field(form, "category", 200)
+    label = text_field(form, "label", 20)
+    if not category:
+        raise ApiError(400, "missing_field", "no category", "send category=<class name>")
+    if label not in ("normal", "anomalous"):
+        raise ApiError(400, "invalid_field", f"label must be normal or anomalous, got {label!r}", "send label=normal or label=anomalous")
+    defect = text_field(form, "defect_type", 100)
+    description = text_field(form, "description")
+
+    def add():
+        from memory.store import MemoryStoreError
+        from tools.images import load_image
+
+        embedder = state.agent.runtime.embedder()
+        vector = embedder.embed(load_image(upload.data, state.config.max_image_pixels))
+        try:
+            return store.add(upload.data, category, label, vector, embedder.model_id,
+                             defect_type=defect if label == "anomalous" else None, description=description,
+                             source=f"upload {upload.name}")
+        except MemoryStoreError as exc:
+            raise _store_error(exc) from None
+
+    example = await asyncio.to_thread(add)
+    return {"stored": example.model_dump(mode="json")}
+
+
+class NoteIn(BaseModel):
+    category: str = Field(..., min_length=1, max_length=200)
+    text: str = Field(..., min_length=1, max_length=2000, description="e.g. 'a bright rim is normal'")
+    reliability: float = Field(1.0, ge=0.0, le=1.0)
+    provenance: Literal["user", "feedback", "import"] = "user"
+
+
+@router.post("/notes", summary="Add a class note (e.g. 'a bright seam on the left edge is normal')")
+async def add_note(body: NoteIn, state: ServerState = Depends(server_state)):
+    store = state.memory()
+    if not body.category.strip() or not body.text.strip():
+        raise ApiError(400, "invalid_field", "category and text must not be blank", "send a category and the note's text")
+
+    def add():
+        from memory.store import MemoryStoreError
+
+        try:
+            return store.add_note(body.category, body.text, body.provenance, body.reliability)
+        except MemoryStoreError as exc:
+            raise _store_error(exc) from None
+
+    note = await asyncio.to_thread(add)
+    return {"note": note.model_dump(mode="json")}
+
+
+@router.get("/notes", summary="Class notes (of a category)")
+async def list_notes(category: str | None = None, state: ServerState = Depends(server_state)):
+    store = state.memory()
+    notes = await asyncio.to_thread(store.list_notes, category)
+    return {"notes": [n.model_dump(mode="json") for n in notes]}
