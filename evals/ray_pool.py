@@ -284,7 +284,7 @@ class RayPool:
     def close(self) -> None:
         """Stop the actors (their temp folders removed), the local Ray this pool started, the staging folder."""
         ray = self._ray
-        live = [a for a, ok in zip(self.actors, self.alive, strict=True) if ok]
+        live = [a for i, a in enumerate(self.actors) if self.alive[i]]
         try:
             ray.get([a.cleanup.remote() for a in live], timeout=10)
         except Exception:  # noqa: BLE001 - a worker that cannot clean up leaves only temp files behind

@@ -189,6 +189,10 @@ def register(app: typer.Typer) -> None:
         if ray is None and (workers is not None or ray_gpus_per_worker):
             msg = "--workers and --ray-gpus-per-worker need --ray. Fix: add --ray (a local Ray), --ray auto or --ray ray://HEAD:10001"
             raise UserInputError(msg)
+        if ray is not None:
+            from evals.ray_pool import import_ray
+
+            import_ray()  # a clear one-line error, before anything is loaded, when Ray is not installed
         if ray is not None and anomaly_shots:
             msg = ("--ray does not support --anomaly-shots yet (each repeat needs its own memory store). "
                    "Fix: run without --ray, or with --anomaly-shots 0")
