@@ -619,18 +619,23 @@ def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, c
             passes.append((lambda rep=rep, held=held: memory_for_repeat(rep, held), tests.get(rep, []), refs.get(rep, [])))
     stats = RunStats()
 
-    def run_all() -> None:
+    async def all_passes() -> None:
         for make_detector, test_items, loo_items in passes:
             det = make_detector()
             for log_path, batch in ((paths.results, test_items), (paths.root / REFERENCE_SCORES, loo_items)):
                 if not batch:
                     continue
                 with ResultsLog(log_path) as log:
-                    part = asyncio.run(run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
-                                                 max_consecutive_errors, paths.maps))
+                    part = await run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
+                                           max_consecutive_errors, paths.maps)
                 stats.done += part.done
                 stats.failed += part.failed
                 stats.elapsed_s += part.elapsed_s
+
+    def run_all() -> None:
+        # one event loop for every pass: a model client's connections belong to the loop that opened
+        # them, so a second `asyncio.run` failed the reference items with "Event loop is closed"
+        asyncio.run(all_passes())
 
     if bar is not None:
         with bar:
