@@ -323,7 +323,7 @@ class RayPool:
             blobs = [(Path(r).name, Path(r).read_bytes()) for r in references]
             digest = _digest(b"".join(hashlib.sha256(d).digest() + n.encode() for n, d in blobs))
             self._ref_sets[key] = (digest, self._ray.put(blobs))
-            while len(self._ref_sets) > 256:
+            while len(self._ref_sets) > 64:  # each holds its bytes in the object store
                 self._ref_sets.popitem(last=False)
         self._ref_sets.move_to_end(key)
         return self._ref_sets[key]

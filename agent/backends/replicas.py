@@ -84,6 +84,23 @@ class ReplicaSet:
                 replica.refusals += 1
                 replica.cooling_until = self.clock() + self.cooldown_s
 
+    def next_for(self, request: httpx.Request, tried: set[str], last: Exception) -> Replica:
+        """Acquire a replica `request` has not tried, and point the request at it.
+
+        Raises:
+            `last`: every replica has failed this request (the last failure stands).
+        """
+        replica = self.acquire(tried)
+        if replica is None:
+            raise last
+        tried.add(replica.url)
+        self.route(request, replica)
+        return replica
+
+    def on_close(self, replica: Replica) -> Callable[[], None]:
+        """Release `replica` (ok) once, when the response body is closed."""
+        return _once(lambda: self.release(replica, ok=True))
+
     def route(self, request: httpx.Request, replica: Replica) -> None:
         """Point `request` (built for the primary URL) at `replica`."""
         url = str(request.url)
@@ -150,21 +167,17 @@ class ReplicaTransport(httpx.BaseTransport):
         tried: set[str] = set()
         last: Exception = httpx.ConnectError("no replica answered", request=request)
         while True:
-            replica = self.replicas.acquire(tried)
-            if replica is None:  # every replica failed this request: the last failure stands
-                raise last
-            tried.add(replica.url)
-            self.replicas.route(request, replica)
+            replica = self.replicas.next_for(request, tried, last)
             try:
                 response = self.inner.handle_request(request)
-            except _FAILOVER as exc:
+            except _FAILOVER as exc:  # refused or dropped: cool it down, try the next replica
                 self.replicas.release(replica, ok=False)
                 last = exc
                 continue
             except BaseException:
                 self.replicas.release(replica, ok=True)
                 raise
-            response.stream = _Tracked(response.stream, _once(lambda r=replica: self.replicas.release(r, ok=True)))
+            response.stream = _Tracked(response.stream, self.replicas.on_close(replica))
             return response
 
     def close(self) -> None:
@@ -182,21 +195,17 @@ class AsyncReplicaTransport(httpx.AsyncBaseTransport):
         tried: set[str] = set()
         last: Exception = httpx.ConnectError("no replica answered", request=request)
         while True:
-            replica = self.replicas.acquire(tried)
-            if replica is None:  # every replica failed this request: the last failure stands
-                raise last
-            tried.add(replica.url)
-            self.replicas.route(request, replica)
+            replica = self.replicas.next_for(request, tried, last)
             try:
                 response = await self.inner.handle_async_request(request)
-            except _FAILOVER as exc:
+            except _FAILOVER as exc:  # refused or dropped: cool it down, try the next replica
                 self.replicas.release(replica, ok=False)
                 last = exc
                 continue
             except BaseException:
                 self.replicas.release(replica, ok=True)
                 raise
-            response.stream = _AsyncTracked(response.stream, _once(lambda r=replica: self.replicas.release(r, ok=True)))
+            response.stream = _AsyncTracked(response.stream, self.replicas.on_close(replica))
             return response
 
     async def aclose(self) -> None:
