@@ -212,8 +212,8 @@ class RayPool:
         max_attempts: tries per item when actors die under it (>= 1).
         startup_timeout_s: seconds to wait for every actor to build its detector.
         backend: the driver's resolved `Backend` (what `resolved_config` records).
-        address: where Ray runs (see `connect`); Ray is joined, and the actors started, on the
-            first item, so a resume with nothing left to do starts nothing.
+        address: where Ray runs (see `connect`); Ray is joined, and the actors started, in
+            `prepare` (before the first item), so a resume with nothing left to do starts nothing.
 
     Raises:
         UserInputError: bad counts, or the actors did not start (the cause and the fix).
@@ -249,6 +249,10 @@ class RayPool:
         self._ref_sets: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
         self.staging = Path(tempfile.mkdtemp(prefix="anomaly-agent-maps-"))
         self.info: list[dict] = []
+
+    def prepare(self) -> None:
+        """`evals.runner` calls this before judging: start the workers (errors stop the run)."""
+        self.start()
 
     def start(self) -> RayPool:
         """Join Ray (see `connect`) and start the actors; blocks until each has built its detector."""

@@ -69,7 +69,12 @@ VERSION_PACKAGES = (
 
 @runtime_checkable
 class Detector(Protocol):
-    """What the runner drives: `AnomalyAgent`, the direct baseline, or a test's fake."""
+    """What the runner drives: `AnomalyAgent`, the direct baseline, or a test's fake.
+
+    A detector may also have ``prepare()``: called before a pass that has items to judge (not on a
+    resume with nothing left); it may raise to stop the run (`evals.ray_pool.RayPool` starts its
+    workers there).
+    """
 
     async def adetect(
         self, image: str, *, category: str | None = None, references: list[str] | None = None
@@ -625,6 +630,8 @@ def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, c
             for log_path, batch in ((paths.results, test_items), (paths.root / REFERENCE_SCORES, loo_items)):
                 if not batch:
                     continue
+                if callable(getattr(det, "prepare", None)):
+                    det.prepare()  # e.g. a Ray pool starts its workers; a failure stops the run, not each item
                 with ResultsLog(log_path) as log:
                     part = await run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
                                            max_consecutive_errors, paths.maps)

@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 
 from agent.api import AnomalyAgent  # noqa: E402
 from agent.cli import main  # noqa: E402
+from agent.errors import UserInputError  # noqa: E402
 from evals.datasets import load_dataset  # noqa: E402
 from evals.ray_pool import RayPool  # noqa: E402
 from evals.results import iter_records  # noqa: E402
@@ -129,3 +130,15 @@ def test_items_fail_as_worker_errors_when_every_actor_is_dead(cluster, synth, tm
     assert {r["error_kind"] for r in recs} == {"worker"}
     assert "rerun with --resume --retry-errors" in recs[0]["error"]
     assert stats.failed == 8
+
+
+def test_workers_that_cannot_start_stop_the_run_with_one_error(cluster, synth, tmp_path):
+    agent = AnomalyAgent.from_config(backend="none", memory_path=tmp_path / "memory")
+    pool = RayPool(agent.config, workers=1, gpus_per_worker=1, startup_timeout_s=3, backend=agent.backend)
+    out = tmp_path / "run"
+    with pytest.raises(UserInputError, match=r"only 0 of 1 Ray workers started within 3 s \(the cluster has 2 CPUs, "
+                                              r"0 GPUs\)\. Fix: lower --workers or --ray-gpus-per-worker"):
+        evaluate(pool, load_dataset(synth), EvalSpec(shots=2), out, {"backend": "none"}, {"root": str(synth)},
+                 progress=False, n_boot=0)
+    pool.close()
+    assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text()
