@@ -15,8 +15,10 @@ runner's own code; only ``adetect`` runs elsewhere. Per item:
 Faults: when an actor dies (killed, out of memory, node lost) the items it had in flight go to
 another live actor, up to ``max_attempts`` tries per item; then the item is an error verdict
 (``error_kind="worker"``). Each `adetect` call returns exactly one verdict, so nothing is lost or
-written twice. Dead actors are not replaced; with none left every remaining item fails at once (the
-runner stops after ``max_consecutive_errors``; rerun with ``--resume --retry-errors``).
+written twice. A dead actor is replaced by a new one (wherever Ray can place it), at most
+``max_replacements`` times per pool; items wait for a replacement only when no actor is up. With none
+left every remaining item fails at once (the runner stops after ``max_consecutive_errors``; rerun
+with ``--resume --retry-errors``).
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ class RayPool:
         per_worker: items in flight per actor (the actor is async; tools run in its threads).
         cpus_per_worker / gpus_per_worker: Ray resources requested per actor.
         max_attempts: tries per item when actors die under it (>= 1).
+        max_replacements: dead actors replaced by new ones, in all (None: `workers`).
         startup_timeout_s: seconds to wait for every actor to build its detector.
         backend: the driver's resolved `Backend` (what `resolved_config` records).
         address: where Ray runs (see `connect`); Ray is joined, and the actors started, in
@@ -223,7 +226,8 @@ class RayPool:
 
     def __init__(self, config, kind: str = "agent", workers: int = 2, per_worker: int = 4,
                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_attempts: int = 3,
-                 startup_timeout_s: float = 600.0, backend=None, address: str | None = None) -> None:
+                 startup_timeout_s: float = 600.0, backend=None, address: str | None = None,
+                 max_replacements: int | None = None) -> None:
         if workers < 1 or per_worker < 1 or max_attempts < 1:
             msg = f"--workers, --concurrency and attempts must be >= 1 (got {workers}, {per_worker}, {max_attempts})"
             raise UserInputError(msg)
@@ -242,27 +246,41 @@ class RayPool:
         self._startup_timeout_s = startup_timeout_s
         self._started_ray = False
         self.actors: list = []
+        self.state = ["down"] * workers  # per slot: "up", "starting" (a replacement) or "down"
         self.in_flight = [0] * workers
-        self.alive = [False] * workers
         self.done_by = [0] * workers
         self.retried = 0
+        self.replaced = 0
+        self.max_replacements = workers if max_replacements is None else max_replacements
+        self._remote = None
+        self._starting: dict[int, asyncio.Task] = {}
         self._ref_sets: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
         self.staging = Path(tempfile.mkdtemp(prefix="anomaly-agent-maps-"))
         self.info: list[dict] = []
 
     def prepare(self) -> None:
-        """`evals.runner` calls this before judging: start the workers (errors stop the run)."""
+        """`evals.runner` calls this before judging: start the workers (errors stop the run).
+
+        A replacement still starting when an earlier event loop ended is waited for here.
+        """
         self.start()
+        for index, state in enumerate(self.state):
+            if state == "starting" and index not in self._starting:
+                try:
+                    self._ray.get(self.actors[index].ready.remote(), timeout=self._startup_timeout_s)
+                    self.state[index] = "up"
+                except self._ray.exceptions.RayError:
+                    self.state[index] = "down"
 
     def start(self) -> RayPool:
         """Join Ray (see `connect`) and start the actors; blocks until each has built its detector."""
         if self.actors:
             return self
         self._started_ray = connect(self._address, max(1, round(self.workers * self._options["num_cpus"])))
-        remote = self._ray.remote(DetectorWorker).options(**self._options)
-        self.actors = [remote.remote(*self._args) for _ in range(self.workers)]
+        self._remote = self._ray.remote(DetectorWorker).options(**self._options)
+        self.actors = [self._remote.remote(*self._args) for _ in range(self.workers)]
         self.info = self._wait_ready(self._startup_timeout_s)
-        self.alive = [True] * self.workers
+        self.state = ["up"] * self.workers
         return self
 
     # -- start and stop --------------------------------------------------------------------------
@@ -288,7 +306,7 @@ class RayPool:
     def close(self) -> None:
         """Stop the actors (their temp folders removed), the local Ray this pool started, the staging folder."""
         ray = self._ray
-        live = [a for i, a in enumerate(self.actors) if self.alive[i]]
+        live = [a for i, a in enumerate(self.actors) if self.state[i] == "up"]
         try:
             ray.get([a.cleanup.remote() for a in live], timeout=10)
         except Exception:  # noqa: BLE001 - a worker that cannot clean up leaves only temp files behind
@@ -298,7 +316,8 @@ class RayPool:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.actors, self.alive = [], [False] * self.workers
+        self.actors, self.state = [], ["down"] * self.workers
+        self._starting.clear()
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
@@ -313,12 +332,38 @@ class RayPool:
     # -- status ----------------------------------------------------------------------------------
     @property
     def workers_alive(self) -> int:
-        return sum(self.alive)
+        return self.state.count("up")
 
     def status(self) -> str:
-        """One line for the progress bar: workers alive and retried items."""
-        text = f"workers {self.workers_alive}/{self.workers}"
-        return text + (f", {self.retried} retried" if self.retried else "")
+        """One line for the progress bar: workers alive, replaced actors and retried items."""
+        parts = [f"workers {self.workers_alive}/{self.workers}"]
+        parts += [f"{n} {what}" for n, what in ((self.replaced, "replaced"), (self.retried, "retried")) if n]
+        return ", ".join(parts)
+
+    def _lost(self, index: int, actor) -> None:
+        """The actor in slot `index` died: start a replacement there (within `max_replacements`)."""
+        if self.actors[index] is not actor or self.state[index] != "up":
+            return  # another item saw it first
+        self.state[index] = "down"
+        if self.replaced >= self.max_replacements:
+            return
+        self.replaced += 1
+        self.actors[index] = new = self._remote.remote(*self._args)
+        self.state[index] = "starting"
+        self._starting[index] = asyncio.get_running_loop().create_task(self._await_ready(index, new))
+
+    async def _await_ready(self, index: int, actor) -> None:
+        ray = self._ray
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(actor.ready.remote().future()), self._startup_timeout_s)
+            if self.actors[index] is actor:
+                self.state[index] = "up"
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            if self.actors[index] is actor:
+                self.state[index] = "down"
+                ray.kill(actor)
+        finally:
+            self._starting.pop(index, None)
 
     # -- items -----------------------------------------------------------------------------------
     def _reference_set(self, references: list[str]) -> tuple[str, Any]:
@@ -332,11 +377,12 @@ class RayPool:
         self._ref_sets.move_to_end(key)
         return self._ref_sets[key]
 
-    def _pick(self, avoid: set[int]) -> int | None:
-        live = [i for i, ok in enumerate(self.alive) if ok]
+    def _pick(self, tried: set[int]) -> int | None:
+        """The up actor with the fewest items in flight, one this item has not tried if possible."""
+        live = [i for i, state in enumerate(self.state) if state == "up"]
         if not live:
             return None
-        fresh = [i for i in live if i not in avoid] or live
+        fresh = [i for i in live if id(self.actors[i]) not in tried] or live
         return min(fresh, key=lambda i: self.in_flight[i])
 
     def _stage_maps(self, verdict: Verdict, maps: list) -> None:
@@ -361,23 +407,28 @@ class RayPool:
         except OSError as exc:
             return Verdict.failed(image, f"cannot read {exc.filename or image}: {exc.strerror or exc}",
                                   category=category, kind="input")
-        tried: set[int] = set()
+        tried: set[int] = set()  # ids of the actor handles this item went to
         causes: list[str] = []
-        for _attempt in range(self.max_attempts):
+        while len(tried) < self.max_attempts:
             index = self._pick(tried)
             if index is None:
-                break
-            tried.add(index)
+                if not self._starting:
+                    break
+                # no actor is up, but a replacement is starting: wait for it (not an attempt)
+                await asyncio.wait(list(self._starting.values()), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            actor = self.actors[index]
+            tried.add(id(actor))
             self.in_flight[index] += 1
             try:
-                out = await self.actors[index].judge.remote(payload, category, key, [box], list(references or []))
+                out = await actor.judge.remote(payload, category, key, [box], list(references or []))
             except ray.exceptions.RayTaskError as exc:  # the detector itself raised (a bug): no retry
                 return Verdict.failed(image, f"internal error on a Ray worker: {' '.join(str(exc).split())[-300:]}",
                                       category=category, kind="internal")
             except ray.exceptions.RayError as exc:  # the actor or its node is gone
-                self.alive[index] = False
                 causes.append(type(exc).__name__)
                 self.retried += 1
+                self._lost(index, actor)
                 continue
             finally:
                 self.in_flight[index] -= 1

@@ -98,7 +98,7 @@ def test_killed_actor_loses_nothing_and_resume_does_nothing(cluster, synth, tmp_
         watcher.join(5)
         pool.close()
     assert killed.is_set()
-    assert pool.retried >= 1 and pool.workers_alive == 0  # closed; one died before
+    assert pool.retried >= 1 and pool.replaced == 1  # the dead actor's items moved; a new actor took its slot
     counts = collections.Counter(r["image"] for r in iter_records(out / "results.jsonl"))
     assert set(counts) == {s.path for c in categories for s in c.test}
     assert all(n == 1 for n in counts.values()), counts
@@ -115,9 +115,26 @@ def test_killed_actor_loses_nothing_and_resume_does_nothing(cluster, synth, tmp_
     assert (out / "results.jsonl").read_bytes() == before
 
 
+def test_a_lone_dead_actor_is_replaced_and_its_items_wait_for_the_new_one(cluster, synth, tmp_path):
+    agent = AnomalyAgent.from_config(backend="none", memory_path=tmp_path / "memory")
+    pool = RayPool(agent.config, workers=1, backend=agent.backend).start()
+    ray.kill(pool.actors[0])
+    out = tmp_path / "run"
+    try:
+        _, stats, _ = evaluate(pool, load_dataset(synth), EvalSpec(shots=2), out, {"backend": "none"},
+                               {"root": str(synth)}, concurrency=2, progress=False, n_boot=0)
+        assert pool.status().startswith("workers 1/1, 1 replaced, ")
+    finally:
+        pool.close()
+    recs = list(iter_records(out / "results.jsonl"))
+    assert len(recs) == 8 and len({r["image"] for r in recs}) == 8
+    assert all(r["status"] == "ok" for r in recs) and stats.failed == 0
+    assert pool.replaced == 1 and 1 <= pool.retried <= 2  # the items in flight on the dead actor
+
+
 def test_items_fail_as_worker_errors_when_every_actor_is_dead(cluster, synth, tmp_path):
     agent = AnomalyAgent.from_config(backend="none", memory_path=tmp_path / "memory")
-    pool = RayPool(agent.config, workers=1, max_attempts=2, backend=agent.backend).start()
+    pool = RayPool(agent.config, workers=1, max_attempts=2, backend=agent.backend, max_replacements=0).start()
     ray.kill(pool.actors[0])
     out = tmp_path / "run"
     try:
