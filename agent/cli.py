@@ -90,6 +90,10 @@ def _click_exit(exc: BaseException) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--ray" in argv:  # `eval --ray` without an address: a local Ray (click has no optional values)
+        from agent.commands.eval import bare_ray_flag
+
+        argv = bare_ray_flag(argv)
     debug = "--debug" in argv
     try:
         result = app(args=argv, prog_name="anomaly-agent", standalone_mode=False)

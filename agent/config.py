@@ -73,7 +73,9 @@ class AgentConfig(BaseSettings):
 
     # model backend
     backend: Literal["auto", "openai", "transformers", "scripted", "none"] = "auto"
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; several replicas of one model: "
+        "a list, or URLs separated by commas (requests go to the least busy; a refusing one cools down)")
     api_key: SecretStr = SecretStr("EMPTY")
     model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="model id served at base_url")
     local_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="in-process model (path or HF id)")
@@ -139,8 +141,20 @@ class AgentConfig(BaseSettings):
 
     @field_validator("base_url")
     @classmethod
-    def _strip_slash(cls, v: str | None) -> str | None:
-        return v.rstrip("/") if v else v
+    def _strip_slash(cls, v: str | list[str] | None) -> str | list[str] | None:
+        """One URL stays a string; several (a list, or a comma-separated string) become a list."""
+        parts = v.split(",") if isinstance(v, str) else (v or [])
+        urls = list(dict.fromkeys(u.strip().rstrip("/") for u in parts if u.strip()))
+        if not urls:
+            return None
+        return urls[0] if len(urls) == 1 else urls
+
+    @property
+    def base_urls(self) -> list[str]:
+        """``base_url`` as a list (empty when none is configured)."""
+        if not self.base_url:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
     @classmethod
     def settings_customise_sources(

@@ -91,7 +91,8 @@ class Verdict(BaseModel):
         budget_exhausted: the loop stopped on its budget and decided with what it had.
         status / error: "ok", or "error" with the reason (a batch never drops an item silently).
         error_kind: "input" (bad image/config, exit 2), "model" (model/server failure, exit 3),
-            "timeout" (the item ran past its time limit, exit 3) or "internal" (a bug, exit 4).
+            "timeout" (the item ran past its time limit, exit 3), "worker" (the Ray worker judging it
+            died, on every try; `eval --ray`) or "internal" (a bug, exit 4).
     """
 
     image: str | None = None
@@ -112,7 +113,7 @@ class Verdict(BaseModel):
     budget_exhausted: bool = False
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
-    error_kind: Literal["input", "model", "timeout", "internal"] | None = None
+    error_kind: Literal["input", "model", "timeout", "worker", "internal"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Verdict:
@@ -130,6 +131,6 @@ class Verdict(BaseModel):
 
     @classmethod
     def failed(cls, image: str | None, error: str, category: str | None = None,
-               kind: Literal["input", "model", "timeout", "internal"] = "input") -> Verdict:
+               kind: Literal["input", "model", "timeout", "worker", "internal"] = "input") -> Verdict:
         """An error record for an item that could not be judged."""
         return cls(image=image, category=category, status="error", error=error, error_kind=kind)

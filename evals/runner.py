@@ -69,7 +69,12 @@ VERSION_PACKAGES = (
 
 @runtime_checkable
 class Detector(Protocol):
-    """What the runner drives: `AnomalyAgent`, the direct baseline, or a test's fake."""
+    """What the runner drives: `AnomalyAgent`, the direct baseline, or a test's fake.
+
+    A detector may also have ``prepare()``: called before a pass that has items to judge (not on a
+    resume with nothing left); it may raise to stop the run (`evals.ray_pool.RayPool` starts its
+    workers there).
+    """
 
     async def adetect(
         self, image: str, *, category: str | None = None, references: list[str] | None = None
@@ -284,10 +289,11 @@ class RunningAuroc:
         return float(sum(vals) / len(vals)) if vals else None
 
 
-def keep_maps(verdict: Verdict, item: WorkItem, maps_dir: Path) -> None:
+def keep_maps(verdict: Verdict, item: WorkItem, maps_dir: Path, move: bool = False) -> None:
     """Copy the verdict's anomaly maps into the run directory and point its evidence at the copies.
 
-    Tools write maps to temporary folders; a run directory must stay complete on its own.
+    Tools write maps to temporary folders; a run directory must stay complete on its own. `move`:
+    move them instead (maps a detector staged for this alone, e.g. `evals.ray_pool.RayPool`'s).
     Copies are named ``maps/<category>/<stem>-<digest>-r<repeat>-e<index>-<tool>.png``, with the raw
     float map (``.npy``, when the tool wrote one) beside each.
     """
@@ -300,10 +306,11 @@ def keep_maps(verdict: Verdict, item: WorkItem, maps_dir: Path) -> None:
         if Path(ev.map_path).resolve() == dest.resolve():
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ev.map_path, dest)
+        put = shutil.move if move else shutil.copyfile
         raw = float_map_path(ev.map_path)
+        put(ev.map_path, dest)
         if raw.is_file():  # the raw float map the pixel metrics read
-            shutil.copyfile(raw, float_map_path(dest))
+            put(raw, float_map_path(dest))
         ev.map_path = str(dest)
 
 
@@ -360,7 +367,7 @@ async def run_items(
             verdict = await _judge(detector, item, timeout_s)
             if maps_dir is not None:
                 try:
-                    keep_maps(verdict, item, maps_dir)
+                    keep_maps(verdict, item, maps_dir, move=getattr(detector, "stages_maps", False))
                 except OSError as exc:  # the verdict still counts; its map is simply not kept
                     verdict.timings["map_copy_error"] = 1.0
                     log_warning(f"could not keep the map of {item.sample.path}: {exc}")
@@ -512,6 +519,7 @@ def evaluate(
     max_consecutive_errors: int | None = 50,
     target_fpr: float | None = None,
     n_boot: int = 1000,
+    status: Callable[[], str] | None = None,
 ) -> tuple[RunPaths, RunStats, dict[str, Any]]:
     """Run (or resume) an evaluation and write config.json, results.jsonl and metrics.json.
 
@@ -535,6 +543,7 @@ def evaluate(
         target_fpr: also judge each reference with the other K-1 (``reference_scores.jsonl``) and
             report the operating point at the threshold these normal-only scores give at this FPR.
         n_boot: bootstrap replicates for the intervals in metrics.json (0: none).
+        status: a line for the progress bar after the rate (e.g. a Ray pool's "workers 2/2").
 
     Returns:
         (run paths, stats of this pass, metrics dict as written to metrics.json).
@@ -549,12 +558,12 @@ def evaluate(
     with RunDirLock(out):
         return _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume,
                            retry_errors, progress, memory_for_repeat, timeout_s, max_consecutive_errors,
-                           target_fpr, n_boot, items, shots_used)
+                           target_fpr, n_boot, items, shots_used, status)
 
 
 def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, concurrency, resume, retry_errors,
                 progress, memory_for_repeat, timeout_s, max_consecutive_errors, target_fpr, n_boot, items,
-                shots_used):
+                shots_used, status=None):
     """`evaluate`'s body, run while the directory's lock is held (arguments as `evaluate`'s)."""
     chash = config_hash(config, spec, prompt_hash)
     paths = prepare_run_dir(out, resume, chash)
@@ -584,16 +593,21 @@ def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, c
     last = [0.0]
     total = len(items) + len(ref_items)
 
+    started, judged = time.perf_counter(), [0]
+
     def on_result(item: WorkItem, verdict: Verdict) -> None:
         if item.sample.defect_type != "reference":
             running.add(item.sample.category, item.sample.label, verdict.pred_score)
+        judged[0] += 1
         if bar is not None:
             now = time.perf_counter()
             fields = {}
             if now - last[0] > 0.5 or bar.tasks[0].completed + 1 >= total:
                 last[0] = now
                 auc = running.value()
-                fields["auroc"] = f"AUROC {auc:.3f}" if auc is not None else "AUROC -"
+                text = [f"AUROC {auc:.3f}" if auc is not None else "AUROC -",
+                        f"{judged[0] / max(now - started, 1e-9):.2f} items/s"]
+                fields["auroc"] = " | ".join(text + ([status()] if status is not None else []))
             bar.update(task, advance=1, **fields)
 
     # one detector for the whole run, or one per repeat reading that repeat's own memory store
@@ -610,18 +624,25 @@ def _run_locked(detector, categories, spec, out, config, dataset, prompt_hash, c
             passes.append((lambda rep=rep, held=held: memory_for_repeat(rep, held), tests.get(rep, []), refs.get(rep, [])))
     stats = RunStats()
 
-    def run_all() -> None:
+    async def all_passes() -> None:
         for make_detector, test_items, loo_items in passes:
             det = make_detector()
             for log_path, batch in ((paths.results, test_items), (paths.root / REFERENCE_SCORES, loo_items)):
                 if not batch:
                     continue
+                if callable(getattr(det, "prepare", None)):
+                    det.prepare()  # e.g. a Ray pool starts its workers; a failure stops the run, not each item
                 with ResultsLog(log_path) as log:
-                    part = asyncio.run(run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
-                                                 max_consecutive_errors, paths.maps))
+                    part = await run_items(det, batch, log, chash, concurrency, on_result, timeout_s,
+                                           max_consecutive_errors, paths.maps)
                 stats.done += part.done
                 stats.failed += part.failed
                 stats.elapsed_s += part.elapsed_s
+
+    def run_all() -> None:
+        # one event loop for every pass: a model client's connections belong to the loop that opened
+        # them, so a second `asyncio.run` failed the reference items with "Event loop is closed"
+        asyncio.run(all_passes())
 
     if bar is not None:
         with bar:

@@ -17,8 +17,10 @@ Layout and rules:
   ``<path>/generation`` (see `memory.lock`). Writers in several processes are serialised by the
   lock; a reader reopens its client when another process has written since.
 - Server mode: `chromadb.HttpClient(host, port)` with an optional bearer token; the server
-  serialises writes. Images are copied into ``images_dir`` when given (put it on a shared
-  filesystem for other machines), else the original paths are recorded.
+  serialises writes. Each image's bytes are also stored in the server (`memory.blobs`, content
+  addressed), so a worker on another machine can show the model a memory example: it writes the
+  bytes into its own ``images_dir`` on first use. Images are copied into ``images_dir`` when given,
+  else the original paths are recorded.
 - The schema version lives in a meta collection (and in ``store.json`` when embedded); a store of a
   newer schema is refused with `SchemaVersionError`.
 - Class notes live in one ``aa_notes`` collection (a constant 1-d vector: they are listed by
@@ -347,6 +349,7 @@ class ChromaStore(ExampleStore):
         lock_timeout_s: float = 300.0,
     ) -> None:
         self._thread_lock = threading.RLock()
+        self._blobs = None
         self.host, self.port = host, port
         self.root = Path(path).expanduser().resolve() if path is not None else None
         self._lock: StoreLock | None = None
@@ -373,6 +376,10 @@ class ChromaStore(ExampleStore):
         self.copy_images = copy_images and self.images_dir is not None
         with self._writing(bump=False):
             self._check_schema()
+        if host:  # the image bytes every worker can read (see `memory.blobs`)
+            from memory.blobs import BlobStore
+
+            self._blobs = BlobStore(self._client, SCHEMA_VERSION)
 
     # --- connection -------------------------------------------------------------------------
     def _prepare_folder(self, create: bool, check_empty: bool) -> None:
@@ -576,6 +583,8 @@ class ChromaStore(ExampleStore):
         stored = md["image"]
         if md.get("copied") and self.images_dir is not None:
             image_path = str(self.images_dir / stored)
+            if md.get("blob") and self._blobs is not None:  # another machine's copy: fetch the bytes once
+                self._blobs.materialize(example_id, self.images_dir / stored)
         else:
             image_path = stored
         return MemoryExample(
@@ -670,6 +679,9 @@ class ChromaStore(ExampleStore):
                     "embedding_model": prep.item.embedding_model, "image": image_ref,
                     "copied": copied, "added_at": time.time(),
                 }
+                if self._blobs is not None and copied:
+                    self._blobs.put(prep.id, prep.data, prep.ext)
+                    md["blob"] = True
                 if prep.item.defect_type:
                     md["defect_type"] = str(prep.item.defect_type)
                 source = prep.item.source or (
@@ -751,6 +763,8 @@ class ChromaStore(ExampleStore):
                 col.delete(ids=[example_id])
                 if md.get("copied") and self.images_dir is not None:
                     (self.images_dir / md["image"]).unlink(missing_ok=True)
+                if md.get("blob") and self._blobs is not None:
+                    self._blobs.delete(example_id)
                 if col.count() == 0:
                     self._client.delete_collection(col.name)
                     self._cols.pop(col.name, None)

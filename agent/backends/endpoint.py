@@ -33,7 +33,7 @@ def served_models(base_url: str, api_key: str | SecretStr | None = None, timeout
 
 
 def check_endpoint(
-    base_url: str | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
+    base_url: str | list[str] | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
 ) -> tuple[bool, str]:
     """`probe_endpoint` as (ok, detail) (see there)."""
     models, detail = probe_endpoint(base_url, api_key, timeout)
@@ -41,12 +41,13 @@ def check_endpoint(
 
 
 def probe_endpoint(
-    base_url: str | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
+    base_url: str | list[str] | None, api_key: str | SecretStr | None = None, timeout: float = 5.0
 ) -> tuple[list[str] | None, str]:
     """Ask ``GET {base_url}/models`` whether an OpenAI-compatible server answers.
 
     Args:
-        base_url: e.g. ``http://localhost:8000/v1``; None means "not configured".
+        base_url: e.g. ``http://localhost:8000/v1``; None means "not configured"; a list: replicas of
+            one model, each asked (the models of the first that answers; the detail names the down ones).
         api_key: sent as a Bearer token when given.
         timeout: seconds for the whole request.
 
@@ -56,6 +57,8 @@ def probe_endpoint(
     """
     if not base_url:
         return None, "no endpoint configured (set --base-url or ANOMALY_AGENT_BASE_URL)"
+    if not isinstance(base_url, str):
+        return _probe_replicas(list(base_url), api_key, timeout)
     fix = "Fix: start the server (`anomaly-agent serve-model MODEL`) or set --base-url / ANOMALY_AGENT_BASE_URL"
     try:
         models = served_models(base_url, api_key, timeout)
@@ -69,3 +72,19 @@ def probe_endpoint(
         return None, f"{base_url}/models is not an OpenAI-compatible answer ({exc}). Fix: check base_url"
     shown = ", ".join(models[:5]) + (f" (+{len(models) - 5} more)" if len(models) > 5 else "")
     return models, f"{base_url} answered; serves: {shown or 'no models'}"
+
+
+def _probe_replicas(urls: list[str], api_key, timeout: float) -> tuple[list[str] | None, str]:
+    """`probe_endpoint` over several replicas: the first answering one's models; the detail names the down ones."""
+    if len(urls) == 1:
+        return probe_endpoint(urls[0], api_key, timeout)
+    answers = [(url, *probe_endpoint(url, api_key, timeout)) for url in urls]
+    up = [(url, models) for url, models, _ in answers if models is not None]
+    down = [f"{url}: {detail.split(f'{url} ', 1)[-1].split('. Fix:')[0]}" for url, models, detail in answers
+            if models is None]
+    if not up:
+        return None, (f"none of {len(urls)} replicas answers ({'; '.join(down)}). Fix: start the servers or "
+                      "correct --base-url / ANOMALY_AGENT_BASE_URL")
+    models = up[0][1]
+    note = f"; down: {'; '.join(down)}" if down else ""
+    return models, f"{len(up)} of {len(urls)} replicas answered{note}; serves: {', '.join(models[:5]) or 'no models'}"

@@ -90,7 +90,7 @@ def _auto(config: AgentConfig) -> Backend:
         if models is not None and config.model in models:
             return _openai(config, f"auto chose openai: {detail}")
         if models is not None:
-            notes.append(f"{config.base_url} does not serve the configured model {config.model!r} "
+            notes.append(f"{', '.join(config.base_urls)} does not serve the configured model {config.model!r} "
                          f"(it serves: {', '.join(models[:5]) or 'nothing'}; set --model / ANOMALY_AGENT_MODEL)")
         else:
             notes.append(detail.split(". Fix:")[0])
@@ -123,7 +123,7 @@ def build_backend(config: AgentConfig, script: Sequence[AIMessage | dict] | None
         msg = f"unknown backend {name!r}. Fix: use one of {', '.join(BACKEND_NAMES)}"
         raise UserInputError(msg)
     if name == "openai":
-        return _openai(config, f"openai: configured endpoint {config.base_url}")
+        return _openai(config, f"openai: configured endpoint {', '.join(config.base_urls)}")
     if name == "transformers":
         return _transformers(config, f"transformers: in-process {config.local_model}")
     if name == "scripted" or (name == "auto" and script is not None):

@@ -49,7 +49,7 @@ def _root_cause(exc: BaseException) -> str:
     while inner.__cause__ is not None or inner.__context__ is not None:
         inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
     text = (str(inner) or type(inner).__name__).splitlines()[0]
-    if "refused" in text.lower():
+    if "refused" in text.lower() or isinstance(inner, ConnectionRefusedError):
         return "connection refused"
     return text[:160]
 
@@ -171,6 +171,7 @@ class OpenAIChatModel(ChatOpenAI):
     retries: int = Field(2, ge=0)
     backoff_s: float = Field(0.5, ge=0.0)
     max_backoff_s: float = Field(8.0, ge=0.0)
+    endpoint_label: str | None = None  # named in errors instead of the base URL (several replicas)
 
     @property
     def _llm_type(self) -> str:
@@ -190,7 +191,7 @@ class OpenAIChatModel(ChatOpenAI):
 
     def _fail(self, exc: BaseException, attempts: int) -> ModelServerError | None:
         timeout = self.request_timeout if isinstance(self.request_timeout, int | float) else float("nan")
-        return map_error(exc, str(self.openai_api_base), self.model_name, timeout, attempts)
+        return map_error(exc, self.endpoint_label or str(self.openai_api_base), self.model_name, timeout, attempts)
 
     def _call(self, fn: Callable[[], T]) -> T:
         attempt = 0
@@ -301,7 +302,8 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
     """The chat model for ``config.base_url`` / ``config.model``.
 
     Args:
-        config: reads base_url, api_key, model, request_timeout_s, max_retries, image_max_side.
+        config: reads base_url (one URL, or several replicas of the model), api_key, model,
+            request_timeout_s, max_retries, image_max_side.
         logprobs: ask for token log-probabilities on every call (`invoke_structured` asks for them
             on the verdict call anyway).
         top_logprobs: alternatives per token when `logprobs` is on.
@@ -322,8 +324,14 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
     # timeout) for the whole process and stays bound to the first event loop, so a second
     # `asyncio.run` (a second eval in one process) would fail with "Event loop is closed"
     extra["http_async_client"] = httpx.AsyncClient(timeout=config.request_timeout_s)
+    urls = config.base_urls
+    if len(urls) > 1:  # several replicas: requests spread by fewest outstanding (`agent.backends.replicas`)
+        from agent.backends.replicas import replica_clients
+
+        _, extra["http_client"], extra["http_async_client"] = replica_clients(urls, config.request_timeout_s)
+        extra["endpoint_label"] = f"every replica ({', '.join(urls)})"
     return OpenAIChatModel(
-        base_url=config.base_url,
+        base_url=urls[0],
         api_key=config.api_key,
         model=config.model,
         timeout=config.request_timeout_s,

@@ -122,6 +122,24 @@ def check_resume_backend(run_dir: Path, run_config: dict, reason: str) -> None:
         raise UserInputError(msg)
 
 
+def _is_ray_address(text: str) -> bool:
+    return text in ("local", "auto") or "://" in text or re.fullmatch(r"[\w.-]+:\d+", text) is not None
+
+
+def bare_ray_flag(argv: list[str]) -> list[str]:
+    """`argv` with a bare ``--ray`` (no address after it) given its default value ``local``.
+
+    ``eval ROOT --ray --workers 4`` and ``eval --ray ROOT`` mean a local Ray; an address is
+    ``local``, ``auto``, ``HOST:PORT`` or a URL (``ray://HEAD:10001``).
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 >= len(argv) or not _is_ray_address(argv[i + 1])):
+            out.append("local")
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -141,7 +159,11 @@ def register(app: typer.Typer) -> None:
         base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM)."),
         model: str | None = typer.Option(None, "--model", help="Model id served at --base-url."),
         baseline: str | None = typer.Option(None, "--baseline", help="'direct': one yes/no prompt with the references, no tools, no memory."),
-        concurrency: int = typer.Option(4, "--concurrency", "-j", help="Images in flight at once."),
+        concurrency: int = typer.Option(4, "--concurrency", "-j", help="Images in flight at once (with --ray: per worker)."),
+        ray: str | None = typer.Option(None, "--ray", help="Run the items on Ray actors: bare --ray (or 'local') starts a local Ray with --workers CPUs; 'auto' joins this machine's cluster; ray://HEAD:10001 a remote one. Needs `pip install 'anomaly-agent[ray]'`."),
+        workers: int | None = typer.Option(None, "--workers", help="With --ray: actors, each holding one warm agent (default 2)."),
+        ray_gpus_per_worker: float = typer.Option(0.0, "--ray-gpus-per-worker", help="With --ray: GPUs each actor requests (e.g. 1, or 0.5 to share one)."),
+        ray_cpus_per_worker: float = typer.Option(1.0, "--ray-cpus-per-worker", help="With --ray: CPUs each actor requests."),
         out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<dataset>-<hash>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue a run: skip images already in results.jsonl."),
         retry_errors: bool = typer.Option(False, "--retry-errors", help="With --resume: judge failed items again."),
@@ -163,6 +185,17 @@ def register(app: typer.Typer) -> None:
             raise UserInputError(msg)
         if not 0.0 <= target_fpr < 1.0:
             msg = f"--target-fpr must be in [0, 1), got {target_fpr}"
+            raise UserInputError(msg)
+        if ray is None and (workers is not None or ray_gpus_per_worker):
+            msg = "--workers and --ray-gpus-per-worker need --ray. Fix: add --ray (a local Ray), --ray auto or --ray ray://HEAD:10001"
+            raise UserInputError(msg)
+        if ray is not None:
+            from evals.ray_pool import import_ray
+
+            import_ray()  # a clear one-line error, before anything is loaded, when Ray is not installed
+        if ray is not None and anomaly_shots:
+            msg = ("--ray does not support --anomaly-shots yet (each repeat needs its own memory store). "
+                   "Fix: run without --ray, or with --anomaly-shots 0")
             raise UserInputError(msg)
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model)
         categories = load_dataset(root, layout=layout, categories=category, fold=fold)
@@ -192,23 +225,39 @@ def register(app: typer.Typer) -> None:
         if resume:
             check_resume_backend(run_dir, run_config, detector.backend.reason)
         per_repeat_memory = memory_for_repeat_factory(cfg, run_dir, detector) if anomaly_shots else None
-        paths, stats, metrics = evaluate(
-            None if per_repeat_memory else detector,
-            categories,
-            spec,
-            run_dir,
-            run_config,
-            {"root": str(root.expanduser().absolute()), "layout": layout, "fold": fold,
-             "categories": [c.name for c in categories]},
-            prompt_hash=phash,
-            concurrency=concurrency,
-            resume=resume,
-            retry_errors=retry_errors,
-            progress=not no_progress,
-            memory_for_repeat=per_repeat_memory,
-            target_fpr=target_fpr if shots >= 2 else None,
-            n_boot=bootstrap,
-        )
+        pool = None
+        if ray is not None:
+            from evals.ray_pool import RayPool
+
+            n_workers = 2 if workers is None else workers
+            err.print(f"ray ({ray}): {n_workers} workers, {concurrency} items in flight each (started on the first item)")
+            pool = RayPool(cfg.model_copy(update={"backend": detector.backend.name}),
+                           "direct" if baseline == "direct" else "agent", workers=n_workers, per_worker=concurrency,
+                           cpus_per_worker=ray_cpus_per_worker, gpus_per_worker=ray_gpus_per_worker,
+                           backend=detector.backend, address=ray)
+            detector, concurrency = pool, n_workers * concurrency
+        try:
+            paths, stats, metrics = evaluate(
+                None if per_repeat_memory else detector,
+                categories,
+                spec,
+                run_dir,
+                run_config,
+                {"root": str(root.expanduser().absolute()), "layout": layout, "fold": fold,
+                 "categories": [c.name for c in categories]},
+                prompt_hash=phash,
+                concurrency=concurrency,
+                resume=resume,
+                retry_errors=retry_errors,
+                progress=not no_progress,
+                memory_for_repeat=per_repeat_memory,
+                target_fpr=target_fpr if shots >= 2 else None,
+                n_boot=bootstrap,
+                status=pool.status if pool is not None else None,
+            )
+        finally:
+            if pool is not None:
+                pool.close()
         err.print(
             f"judged {stats.done} images ({stats.failed} failed) in {stats.elapsed_s:.1f} s; "
             f"{stats.skipped} already done"

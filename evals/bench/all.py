@@ -25,6 +25,7 @@ BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("synth_metrics", [], ["--quick", "--repeats", "2"]),
     ("transformers_backend", [], ["--repeats", "2"]),
     ("serve", [], ["--duration", "10"]),
+    ("scale", [], ["--items", "8", "--repeats", "1"]),
 )
 
 

@@ -67,8 +67,9 @@ class SleepDetector:
 
 
 @contextlib.contextmanager
-def _server(mode: str, latency_s: float):
-    """Yields (base_url, calls served so far: a callable)."""
+def _server(mode: str, latency_s: float, inspect: bool = False):
+    """Yields (base_url, calls served so far: a callable). `inspect`: answer the agent's requests
+    (`inspection_responder`) instead of a fixed "no" (process mode only)."""
     if mode == "thread":
         reply = Reply(content="no", label_probs={"no": 0.7, "yes": 0.3})
         with FakeOpenAIServer(latency_s=latency_s, default=reply, decode_images=False) as srv:
@@ -78,7 +79,8 @@ def _server(mode: str, latency_s: float):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "evals.fakeserver", "--port", str(port), "--latency", str(latency_s), "--content", "no"],
+        [sys.executable, "-m", "evals.fakeserver", "--port", str(port), "--latency", str(latency_s), "--content", "no",
+         *(["--inspect"] if inspect else [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
