@@ -123,6 +123,8 @@ class AnomalyAgent:
             state = self.graph.invoke(state_in, self._config(run_id))
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
             error = exc
+        finally:
+            self.runtime.end_run(run_id)  # also when cancelled: the run's images and features go
         return self._finish(state, run_id, image, category, started, trace_dir, error)
 
     async def adetect(self, image: str | Path | bytes, category: str | None = None,
@@ -136,6 +138,8 @@ class AnomalyAgent:
             state = await self.graph.ainvoke(state_in, self._config(run_id))
         except Exception as exc:  # noqa: BLE001
             error = exc
+        finally:
+            self.runtime.end_run(run_id)  # a timeout cancels the task: release its run all the same
         return self._finish(state, run_id, image, category, started, trace_dir, error)
 
     # chat ----------------------------------------------------------------------------------------
@@ -185,7 +189,10 @@ class AnomalyAgent:
                 raise UserInputError(msg)
             state_in, _ = self._input(image, category, references, message)
             state_in["run_id"] = session
-        state = graph.invoke(state_in, config)
+        try:
+            state = graph.invoke(state_in, config)
+        finally:
+            self.runtime.end_run(session)  # the next turn restores the images from the saved session
         verdict = Verdict.model_validate(state["verdict"]) if state.get("verdict") else None
         turns = sum(1 for m in state.get("messages", []) if getattr(m, "type", "") == "human" and "Question:" in str(m.content))
         return ChatReply(session=session, answer=state.get("answer") or "", verdict=verdict, turn=max(turns, 1))

@@ -1,9 +1,10 @@
 """What the graph's nodes share: the agent-wide runtime and each run's resources.
 
 `AgentRuntime` is built once per `AnomalyAgent`: config, backend (chat model), tool instances, the
-memory store (lazily), the prompt set, and a feature cache shared by all runs (keys are content
-digests, so references are embedded once per process, not once per query).
-`RunResources` holds one query's `ImageStore` and `ToolContext`.
+memory store (lazily), the prompt set, and a feature cache shared by all runs (`tools.cache.ByteLRU`,
+bounded by `feature_cache_mb`; keys are content digests, so references are embedded once per process,
+not once per query). `RunResources` holds one query's `ImageStore` and `ToolContext`; what the tools
+cache about the query itself lives there and is released when the run ends (`end_run`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.backends.factory import Backend
 from agent.config import AgentConfig
 from agent.errors import UserInputError
 from prompts import PromptSet, load_prompts
 from tools.base import Tool, ToolContext, ToolError
+from tools.cache import ByteLRU
 from tools.images import ImageStore
 from tools.registry import create_tool, tool_names
 from tools.types import Evidence
@@ -47,7 +48,7 @@ class AgentRuntime:
         self.config = config
         self.backend = backend
         self.prompts = prompts or load_prompts("agent")
-        self.feature_cache: dict[Any, Any] = {}
+        self.feature_cache = ByteLRU(int(config.feature_cache_mb * 2**20))
         self.runs: dict[str, RunResources] = {}
         self._tools: dict[str, Tool] = {}
         self._tool_lock = threading.Lock()
@@ -108,8 +109,7 @@ class AgentRuntime:
 
     def new_run(self, run_id: str) -> RunResources:
         images = ImageStore(max_pixels=self.config.max_image_pixels, min_side=self.config.min_image_side)
-        ctx = ToolContext(images, settings=self.config.tool_settings())
-        ctx.cache = self.feature_cache
+        ctx = ToolContext(images, settings=self.config.tool_settings(), shared_cache=self.feature_cache)
         res = RunResources(images=images, ctx=ctx)
         self.runs[run_id] = res
         return res
@@ -122,7 +122,10 @@ class AgentRuntime:
             raise RuntimeError(msg) from None
 
     def end_run(self, run_id: str) -> None:
-        self.runs.pop(run_id, None)
+        """Forget a run: its images and the query's cached features are released."""
+        res = self.runs.pop(run_id, None)
+        if res is not None:
+            res.ctx.cache.release()
 
     # memory ----------------------------------------------------------------------------------
     def memory(self):

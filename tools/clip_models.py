@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tools.base import ToolSettings
+from tools.tempdirs import temp_dir
 from tools.weights import WeightsNotFoundError
 
 RANDOM_TAG = "random"
@@ -169,7 +169,7 @@ def register_tiny_clip_config(name: str = TINY_CLIP_NAME, image_size: int = 64) 
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
-    folder = Path(tempfile.mkdtemp(prefix="tiny-open-clip-"))
+    folder = temp_dir("tiny-open-clip-")
     (folder / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(folder)
     return name

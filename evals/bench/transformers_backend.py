@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tools.tempdirs import temp_dir
 
 PARTS = ("render", "processor", "generate", "parse")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                    "package. Fix: pass --model PATH_OR_ID, or run this from a clone of the repository")
             raise SystemExit(f"error: {msg}") from None
 
-        root = Path(tempfile.mkdtemp(prefix="bench-tiny-vlms-"))
+        root = temp_dir("bench-tiny-vlms-")
         models = {f"tiny {f}": str(build_tiny_vlm(f, root / f)) for f in FAMILIES}
 
     header = f"{'model':<18} {'images':>6} {'in_tok':>6} {'total':>8} " + " ".join(f"{p:>9}" for p in PARTS)

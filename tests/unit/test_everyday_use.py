@@ -202,9 +202,9 @@ def test_request_timeout_must_be_finite_and_positive(value, monkeypatch, isolate
 # tools run ----------------------------------------------------------------------------------------
 def test_tools_run_overlays_of_same_named_files_do_not_collide(tmp_path, isolated_home, capsys, monkeypatch):
     from agent.cli import main
-    from agent.commands import tools as tools_cmd
+    from tools.base import ToolOutput
 
-    monkeypatch.setattr(tools_cmd, "_result_map", lambda tool, output: np.zeros((48, 48), np.float32))
+    monkeypatch.setattr(ToolOutput, "map_array", property(lambda self: np.zeros((48, 48), np.float32)))
 
     images = []
     for sub in ("good", "hole"):
