@@ -31,8 +31,9 @@ structured patch and its nearest patch in another reference is below `max_displa
 image; textures and parts placed at random match far away, where the position would only add
 cost to normal images).
 
-References are embedded once per session: features and banks are cached in `ctx.cache` keyed by
-backbone id, config and the references' pixel digests.
+References are embedded once per process: features and banks are cached in `ctx.cache` keyed by
+backbone id, config and the references' pixel digests (an LRU bounded in bytes, `tools.cache`), and
+banks are stored on disk for the next process (`tools.bank_store`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tools.backbones import Backbone, get_backbone
+from tools.bank_store import stored_bank
 from tools.base import Tool, ToolContext, ToolError, ToolInput, ToolOutput
 from tools.calibration import Z_EDGE, Calibrator
 from tools.maps import resize_map, top_regions, write_map_png
@@ -457,7 +459,8 @@ class PatchKnn(Tool):
         key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs))
         bank = ctx.cache.get(key)
         if bank is None:
-            bank = self._build_bank(ctx, refs)
+            bank = stored_bank(ctx.settings.bank_dir, self.backbone, self.config, refs,
+                               lambda: self._build_bank(ctx, refs))
             ctx.cache[key] = bank
         return bank
 

@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
         from agent.api import AnomalyAgent
+        from tools.progress import Counter
 
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, script=script,
                               memory_path=memory, threshold=threshold)
@@ -126,6 +127,7 @@ def register(app: typer.Typer) -> None:
         items = expand_images(images)
         stems = unique_stems([path for path, _ in items]) if out is not None else {}
         verdicts = []
+        counter = Counter(len(items))  # "progress: 3/10 images, ..." on stderr once the batch runs over 1 s
         for image, problem in items:
             if problem is not None:
                 verdict = Verdict.failed(image, problem, category, kind="input")
@@ -145,6 +147,7 @@ def register(app: typer.Typer) -> None:
             else:
                 print_verdict(verdict, overlay)
             verdicts.append(verdict)
+            counter.step()
         if len(verdicts) > 1:
             print(summary_line(verdicts), file=sys.stderr)
         raise typer.Exit(exit_code(verdicts, fail_on_anomaly))
