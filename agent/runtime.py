@@ -9,6 +9,8 @@ cache about the query itself lives there and is released when the run ends (`end
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,14 @@ from tools.types import Evidence
 REFERENCE_TOOLS = ("patch_knn", "reference_diff", "parts_check")
 
 
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
 @dataclass
 class RunResources:
     """One query's images and tool context.
@@ -34,11 +44,13 @@ class RunResources:
         images: the run's `ImageStore` ("query", "ref0", ... and derived crops).
         ctx: the `ToolContext` the tools see.
         started: `time.monotonic()` at intake; the wall-time budget counts from here.
+        notes: sentences the verdict's explanation must carry (e.g. references left out by the cap).
     """
 
     images: ImageStore
     ctx: ToolContext
     started: float = field(default_factory=time.monotonic)
+    notes: list[str] = field(default_factory=list)
 
 
 class AgentRuntime:
@@ -51,6 +63,7 @@ class AgentRuntime:
         self.feature_cache = ByteLRU(int(config.feature_cache_mb * 2**20))
         self.runs: dict[str, RunResources] = {}
         self._tools: dict[str, Tool] = {}
+        self._selections: dict = {}  # reference cap decisions, see select_references
         self._tool_lock = threading.Lock()
         self._memory = None
         self._memory_lock = threading.Lock()
@@ -106,6 +119,29 @@ class AgentRuntime:
         output, elapsed_ms = tool.timed_run(args, res.ctx)
         shared = set(Evidence.model_fields) & set(type(output).model_fields)
         return Evidence(tool=name, args=args, elapsed_ms=elapsed_ms, **{k: getattr(output, k) for k in shared})
+
+    def select_references(self, paths: list[str]) -> tuple[list[str], str | None]:
+        """At most `max_references` of `paths` (the most diverse: `tools.reference_select`) and the note
+        saying so (None within the cap). Decided once per set of files (paths, sizes, mtimes) per process;
+        the note goes to stderr that first time."""
+        cap = self.config.max_references
+        if len(paths) <= cap:
+            return list(paths), None
+        from tools.images import load_image
+        from tools.reference_select import select_references
+
+        key = (cap, tuple((p, *_stat(p)) for p in paths))
+        with self._tool_lock:
+            hit = self._selections.get(key)
+        if hit is None:
+            hit = select_references(paths, cap, lambda p: load_image(p, self.config.max_image_pixels,
+                                                                     self.config.min_image_side))
+            print(hit[1], file=sys.stderr)  # once per process and set, like the progress lines
+            with self._tool_lock:
+                self._selections[key] = hit
+                while len(self._selections) > 16:
+                    self._selections.pop(next(iter(self._selections)))
+        return list(hit[0]), hit[1]
 
     def new_run(self, run_id: str) -> RunResources:
         images = ImageStore(max_pixels=self.config.max_image_pixels, min_side=self.config.min_image_side)

@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
+        max_references: int | None = typer.Option(None, "--max-references", help="At most this many references (default 32); above it the most diverse are kept (farthest-point on thumbnails)."),
         fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous, even if other images failed (their errors are still printed)."),
         config: Path | None = ConfigOption,
     ) -> None:
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
         from tools.progress import Counter
 
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, script=script,
-                              memory_path=memory, threshold=threshold)
+                              memory_path=memory, threshold=threshold, max_references=max_references)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
         for folder in (out, trace):  # a file in the way is exit 2 now, not after the first image

@@ -24,7 +24,9 @@ def intake(state: State, *, rt: AgentRuntime) -> dict:
     refs = state.get("references")
     paths: list[str] = []
     if refs and refs != "memory":
-        paths = [str(p) for p in resolve_references(refs)]
+        paths, note = rt.select_references([str(p) for p in resolve_references(refs)])
+        if note:
+            res.notes.append(note.removeprefix("note: ").replace("Fix: ", "To change this: "))
         for path in paths:
             res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
     return {
