@@ -5,6 +5,9 @@
     verdict = agent.detect("part.png", category="tile", references="refs/")
     print(verdict.pred_label, verdict.pred_score, verdict.explanation)
 
+Images and references may be paths, encoded bytes, PIL images or numpy uint8 arrays (HxW or HxWx3);
+`verdict.maps()` gives each tool's anomaly map as an HxW float32 array.
+
 `detect` never raises for a bad item: it returns a `Verdict` with `status="error"`, the reason, and
 `error_kind` ("input", "model", "timeout" or "internal"), so batches record failures and go on.
 """
@@ -36,6 +39,14 @@ def error_verdict(image: str | None, category: str | None, exc: BaseException) -
         return Verdict.failed(image, f"timed out: {exc}", category, kind="timeout")
     log.error("internal error while judging %s", image, exc_info=exc)
     return Verdict.failed(image, f"internal error: {type(exc).__name__}: {exc}", category, kind="internal")
+
+
+def _is_image_object(obj) -> bool:
+    """A PIL image or a numpy array (one image given as an object, not a list of them)."""
+    import numpy as np
+    from PIL import Image
+
+    return isinstance(obj, np.ndarray | Image.Image)
 
 
 class ChatReply(BaseModel):
@@ -79,8 +90,10 @@ class AnomalyAgent:
         run_id = uuid.uuid4().hex
         if isinstance(references, str | Path):
             references = str(references)
-        elif references is not None:
-            references = [str(r) for r in references]
+        elif _is_image_object(references):
+            references = [references]
+        elif references is not None:  # paths, and images as objects (PIL images, numpy arrays)
+            references = [str(r) if isinstance(r, Path) else r for r in references]
         state = {"run_id": run_id, "image": str(image) if isinstance(image, Path) else image,
                  "category": category, "references": references, "question": question}
         return state, run_id
@@ -104,15 +117,16 @@ class AnomalyAgent:
             write_trace(Path(trace_dir), run_id, state, verdict)
         return verdict
 
-    def detect(self, image: str | Path | bytes, category: str | None = None,
-               references: list[str | Path] | str | Path | None = None, question: str | None = None,
+    def detect(self, image: str | Path | bytes | Any, category: str | None = None,
+               references: list[str | Path | Any] | str | Path | Any | None = None, question: str | None = None,
                trace_dir: str | Path | None = None) -> Verdict:
         """Judge one image.
 
         Args:
-            image: path or encoded bytes.
+            image: a path, encoded bytes, a PIL image, or a numpy uint8 array HxW (grey) or HxWx3 (RGB).
             category: class name ("bottle"); used in prompts and for memory retrieval.
-            references: normal references: paths, a folder, a glob, "memory", or None (zero-shot).
+            references: normal references: paths, a folder, a glob, "memory", None (zero-shot), or a
+                list of paths, PIL images and numpy arrays (as for `image`).
             question: optional text for the model.
             trace_dir: save the run's trace JSON (and maps) here.
         """
@@ -127,8 +141,8 @@ class AnomalyAgent:
             self.runtime.end_run(run_id)  # also when cancelled: the run's images and features go
         return self._finish(state, run_id, image, category, started, trace_dir, error)
 
-    async def adetect(self, image: str | Path | bytes, category: str | None = None,
-                      references: list[str | Path] | str | Path | None = None, question: str | None = None,
+    async def adetect(self, image: str | Path | bytes | Any, category: str | None = None,
+                      references: list[str | Path | Any] | str | Path | Any | None = None, question: str | None = None,
                       trace_dir: str | Path | None = None) -> Verdict:
         """Async `detect` (model calls are awaited; tools run in worker threads)."""
         started = time.perf_counter()
@@ -173,6 +187,10 @@ class AnomalyAgent:
         Raises:
             UserInputError: a new session without an image, or an image that does not match the session.
         """
+        if image is not None and not isinstance(image, str | Path):
+            msg = (f"chat takes the image as a path (the session saves it to resume later), got a "
+                   f"{type(image).__name__}. Fix: save the image to a file and pass its path")
+            raise UserInputError(msg)
         graph = self._chat_graph()
         session = session or uuid.uuid4().hex[:12]
         saved = self.session_state(session)

@@ -120,25 +120,27 @@ class AgentRuntime:
         shared = set(Evidence.model_fields) & set(type(output).model_fields)
         return Evidence(tool=name, args=args, elapsed_ms=elapsed_ms, **{k: getattr(output, k) for k in shared})
 
-    def select_references(self, paths: list[str]) -> tuple[list[str], str | None]:
+    def select_references(self, paths: list) -> tuple[list, str | None]:
         """At most `max_references` of `paths` (the most diverse: `tools.reference_select`) and the note
         saying so (None within the cap). Decided once per set of files (paths, sizes, mtimes) per process;
         the note goes to stderr that first time."""
         cap = self.config.max_references
         if len(paths) <= cap:
             return list(paths), None
-        from tools.images import load_image
+        from tools.images import load_any
         from tools.reference_select import select_references
 
-        key = (cap, tuple((p, *_stat(p)) for p in paths))
+        files = all(isinstance(p, str) for p in paths)  # images given as objects are not remembered
+        key = (cap, tuple((p, *_stat(p)) for p in paths)) if files else None
         with self._tool_lock:
-            hit = self._selections.get(key)
+            hit = self._selections.get(key) if files else None
         if hit is None:
-            hit = select_references(paths, cap, lambda p: load_image(p, self.config.max_image_pixels,
-                                                                     self.config.min_image_side))
+            hit = select_references(paths, cap, lambda p: load_any(p, self.config.max_image_pixels,
+                                                                   self.config.min_image_side)[0])
             print(hit[1], file=sys.stderr)  # once per process and set, like the progress lines
             with self._tool_lock:
-                self._selections[key] = hit
+                if files:
+                    self._selections[key] = hit
                 while len(self._selections) > 16:
                     self._selections.pop(next(iter(self._selections)))
         return list(hit[0]), hit[1]

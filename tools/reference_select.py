@@ -39,11 +39,11 @@ def farthest_point(vectors: np.ndarray, cap: int) -> list[int]:
     return sorted(chosen)
 
 
-def select_references(paths: list[str], cap: int, load) -> tuple[list[str], str | None]:
+def select_references(paths: list, cap: int, load) -> tuple[list, str | None]:
     """The references to use, and a note when some were left out (None when within the cap).
 
     Args:
-        paths: reference files, in order.
+        paths: reference files (or images as objects), in order.
         cap: at most this many are kept.
         load: path -> HxWx3 uint8 pixels (the caller's validated intake; its errors propagate).
     """
@@ -52,7 +52,8 @@ def select_references(paths: list[str], cap: int, load) -> tuple[list[str], str 
     thumbs = np.stack([thumbnail(load(p)) for p in paths])
     keep = farthest_point(thumbs, cap)
     left = len(paths) - cap
-    shown = ", ".join(Path(paths[i]).name for i in sorted(set(range(len(paths))) - set(keep))[:3])
+    shown = ", ".join(Path(paths[i]).name if isinstance(paths[i], str | Path) else f"#{i}"
+                      for i in sorted(set(range(len(paths))) - set(keep))[:3])
     note = (f"note: {len(paths)} references given, above the cap of {cap} (max_references, --max-references): "
             f"kept the {cap} most diverse ({HOW}); left out {left} ({shown}{', ...' if left > 3 else ''}). "
             "Fix: raise --max-references to use more (slower, more memory), or pass fewer")

@@ -70,3 +70,19 @@ def resolve_references(spec: str | Path | Iterable[str | Path] | None) -> list[P
         )
         raise ReferenceSpecError(msg)
     return files
+
+
+def resolve_reference_items(spec) -> list:
+    """Like `resolve_references`, but a list may also hold images as objects (PIL images, numpy arrays,
+    encoded bytes; the Python API): paths come back as strings, objects as given, in order."""
+    if spec is None:
+        return []
+    if isinstance(spec, str | Path):
+        return [str(p) for p in resolve_references(spec)]
+    items: list = []
+    for entry in spec:
+        if isinstance(entry, str | Path):
+            items.extend(str(p) for p in resolve_references(entry))
+        else:
+            items.append(entry)
+    return items
