@@ -81,6 +81,13 @@ class AnomalyAgent:
             cfg = load_config(config, **overrides)
         return cls(cfg)
 
+    def check_backend(self) -> str | None:
+        """Check the model server once (before a batch): raises `ModelServerError` when it cannot serve
+        (see `agent.preflight`); returns the probe's one-line answer, or None for backends without a server."""
+        from agent.preflight import preflight
+
+        return preflight(self.backend, self.config)
+
     @property
     def backend_note(self) -> str:
         """One line: which backend runs and why (e.g. auto's fallback to tools-only)."""

@@ -121,6 +121,7 @@ def register(app: typer.Typer) -> None:
                               memory_path=memory, threshold=threshold, max_references=max_references)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
+        agent.check_backend()  # a dead model server: exit 3 now, not after every image ran its tools
         for folder in (out, trace):  # a file in the way is exit 2 now, not after the first image
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
