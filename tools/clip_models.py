@@ -90,8 +90,9 @@ def resolve_clip_weights(settings: ToolSettings) -> Path | None:
         WeightsNotFoundError: unknown model/tag or no file found offline; the message names
             ANOMALY_AGENT_CLIP_PRETRAINED / ANOMALY_AGENT_WEIGHTS_DIR and how to fetch the file.
     """
-    import open_clip
+    from tools.open_clip_meta import registry
 
+    open_clip = registry()  # names and tags only: open_clip itself is not imported for a lookup
     model, tag = settings.clip_model, settings.clip_pretrained
     if model not in open_clip.list_models():
         msg = (

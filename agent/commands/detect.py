@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from agent.commands.common import ConfigOption, config_from_cli, print_json_line, unique_stems
-from agent.schemas import Verdict
+
+if TYPE_CHECKING:  # imported when detect runs (keeps `--help` fast)
+    from agent.schemas import Verdict
 
 EXIT_FOR_ERROR = {"input": 2, "model": 3, "timeout": 3, "internal": 4}
 
@@ -115,6 +118,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
         from agent.api import AnomalyAgent
+        from agent.schemas import Verdict
         from tools.progress import Counter
 
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, script=script,
