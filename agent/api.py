@@ -199,6 +199,11 @@ class AnomalyAgent:
                    f"{type(image).__name__}. Fix: save the image to a file and pass its path")
             raise UserInputError(msg)
         graph = self._chat_graph()
+        if session is None and image is None:
+            msg = ("chat needs an image to start a session. Fix: pass the image (anomaly-agent chat IMAGE "
+                   "--message TEXT), or --session ID to continue a saved session")
+            raise UserInputError(msg)
+        given = session is not None
         session = session or uuid.uuid4().hex[:12]
         saved = self.session_state(session)
         config = {"recursion_limit": self._recursion_limit, "configurable": {"thread_id": session}}
@@ -209,8 +214,10 @@ class AnomalyAgent:
                 raise UserInputError(msg)
             state_in = {"run_id": session, "question": message}
         else:
-            if image is None:
-                msg = f"session {session} does not exist yet, so it needs an image. Fix: pass the image"
+            if image is None:  # only a session id the caller gave can be unknown here
+                msg = (f"no saved session {session!r} in {self.config.sessions_path}. Fix: check the id (printed "
+                       "after every turn), or pass the image to start a new session") if given else \
+                    "chat needs an image to start a session. Fix: pass the image"
                 raise UserInputError(msg)
             state_in, _ = self._input(image, category, references, message)
             state_in["run_id"] = session
