@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -72,13 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         models = {args.model: args.model}
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        try:
-            from tests.tiny_vlms import FAMILIES, build_tiny_vlm
-        except ImportError:
-            msg = ("the tiny test VLMs (tests/tiny_vlms.py) ship with a source checkout, not with the installed "
-                   "package. Fix: pass --model PATH_OR_ID, or run this from a clone of the repository")
-            raise SystemExit(f"error: {msg}") from None
+        from evals.tiny_vlms import (  # ships with the package (not in tests/)
+            FAMILIES,
+            build_tiny_vlm,
+        )
 
         root = temp_dir("bench-tiny-vlms-")
         models = {f"tiny {f}": str(build_tiny_vlm(f, root / f)) for f in FAMILIES}
