@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import typing
 import weakref
@@ -35,6 +36,12 @@ stats: Counter = Counter()
 _weights_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _code: str | None = None
+
+
+def _warn(text: str) -> None:
+    """One "warning:" line on stderr (like the progress lines; the run goes on)."""
+    log.info(text)
+    print(f"warning: {text}", file=sys.stderr)
 
 
 class BankFileError(ValueError):
@@ -138,8 +145,8 @@ class BankStore:
             os.replace(tmp, path)
         except OSError as exc:
             stats["write_failed"] += 1
-            log.warning("could not store the reference bank in %s (%s); it is rebuilt next time. Fix: make "
-                        "bank_dir writable or set bank_cache to false", self.folder, exc.strerror or exc)
+            _warn(f"could not store the reference bank in {self.folder} ({exc.strerror or exc}); it is rebuilt "
+                  "next time. Fix: make bank_dir (ANOMALY_AGENT_BANK_DIR) writable, or set bank_cache to false")
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
@@ -200,7 +207,7 @@ class BankStore:
             bank = self._read(path, key, cls)
         except BankFileError as exc:
             stats["rejected"] += 1
-            log.warning("stored reference bank %s is not usable (%s): rebuilding it", path, exc)
+            _warn(f"stored reference bank {path} is not usable ({exc}): rebuilding it")
             path.unlink(missing_ok=True)
             return None
         stats["loaded"] += 1
