@@ -24,6 +24,7 @@ BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("runner_throughput", [], ["--concurrency", "1", "16", "--repeats", "1", "--mode", "thread"]),
     ("synth_metrics", [], ["--quick", "--repeats", "2"]),
     ("transformers_backend", [], ["--repeats", "2"]),
+    ("everyday", [], ["--detects", "300", "--repeats", "3"]),
 )
 
 
