@@ -81,8 +81,8 @@ def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
         + (f", defect: {verdict.defect_type}" if verdict.defect_type else "")
     )
     for region in verdict.regions:
-        score = f" score {region.score:.2f}" if region.score is not None else ""
-        console.print(f"  region {tuple(region.bbox_xyxy)} {region.label}{score}")
+        peak = f" (peak {region.score:.3g}, the tool's raw units)" if region.score is not None else ""
+        console.print(f"  region {tuple(region.bbox_xyxy)} {region.label}{peak}")
     console.print(f"  {verdict.explanation}", soft_wrap=True)
     if overlay:
         console.print(f"  overlay: {overlay}")
