@@ -194,6 +194,11 @@ class AnomalyAgent:
         Raises:
             UserInputError: a new session without an image, or an image that does not match the session.
         """
+        listed = references if isinstance(references, list | tuple) else [references]
+        if any(r is not None and not isinstance(r, str | Path) for r in listed):
+            msg = ("chat takes references as paths, a folder, a glob or 'memory' (the session saves them to resume "
+                   "later). Fix: save the images to files and pass their paths")
+            raise UserInputError(msg)
         if image is not None and not isinstance(image, str | Path):
             msg = (f"chat takes the image as a path (the session saves it to resume later), got a "
                    f"{type(image).__name__}. Fix: save the image to a file and pass its path")

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from tools.images import ImageStore, UnknownImageIdError
 from tools.types import Region
 
+MAPS_KEPT = 256  # temporary map folders kept per process (see ToolContext.out_dir)
+
 
 class ToolError(Exception):
     """A tool call the caller can fix (bad id, bad box, missing references). Sent back to the model."""
@@ -113,14 +115,15 @@ class ToolContext:
     @property
     def out_dir(self) -> Path:
         """Folder for maps, masks and crops written by tools (`settings.out_dir`, else a folder inside the
-        process's temporary folder, removed at exit: `tools.tempdirs`)."""
+        process's temporary folder, removed at exit: `tools.tempdirs`; the last `MAPS_KEPT` contexts'
+        folders stay, older ones are removed so a long-running process does not fill the disk)."""
         if self._out_dir is None:
             if self.settings.out_dir is not None:
                 self._out_dir = Path(self.settings.out_dir)
             else:
                 from tools.tempdirs import temp_dir
 
-                self._out_dir = temp_dir("maps-")
+                self._out_dir = temp_dir("maps-", keep=MAPS_KEPT)
             self._out_dir.mkdir(parents=True, exist_ok=True)
         return self._out_dir
 

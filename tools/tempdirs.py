@@ -15,12 +15,14 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 PREFIX = "anomaly-agent-"
 STALE_S = 3600.0
 _lock = threading.Lock()
 _root: Path | None = None
+_made: dict[str, deque] = {}
 
 
 def _alive(pid: int) -> bool:
@@ -63,6 +65,19 @@ def process_temp_root() -> Path:
         return _root
 
 
-def temp_dir(prefix: str = "run-") -> Path:
-    """A new folder inside the process's temporary folder."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=process_temp_root()))
+def temp_dir(prefix: str = "run-", keep: int | None = None) -> Path:
+    """A new folder inside the process's temporary folder.
+
+    Args:
+        prefix: the folder name's start.
+        keep: at most this many folders of this prefix made by this process stay: the oldest are removed
+            (a long-running process keeps the maps of its last `keep` runs, not of every run). None: all.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=process_temp_root()))
+    if keep is not None:
+        with _lock:
+            made = _made.setdefault(prefix, deque())
+            made.append(path)
+            while len(made) > keep:
+                shutil.rmtree(made.popleft(), ignore_errors=True)
+    return path

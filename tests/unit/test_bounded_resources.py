@@ -103,3 +103,13 @@ def test_temporary_files_live_in_one_folder_removed_at_exit(tmp_path):
     assert root.parent == tmp_path and root.name.startswith("anomaly-agent-")
     assert not root.exists()  # removed at exit
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_running_process_keeps_only_the_last_map_folders(monkeypatch):
+    from tools import base
+    from tools.base import ToolContext
+    from tools.images import ImageStore
+
+    monkeypatch.setattr(base, "MAPS_KEPT", 3)
+    folders = [ToolContext(ImageStore()).out_dir for _ in range(5)]
+    assert [f.exists() for f in folders] == [False, False, True, True, True]
