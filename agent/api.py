@@ -5,6 +5,9 @@
     verdict = agent.detect("part.png", category="tile", references="refs/")
     print(verdict.pred_label, verdict.pred_score, verdict.explanation)
 
+Images and references may be paths, encoded bytes, PIL images or numpy uint8 arrays (HxW or HxWx3);
+`verdict.maps()` gives each tool's anomaly map as an HxW float32 array.
+
 `detect` never raises for a bad item: it returns a `Verdict` with `status="error"`, the reason, and
 `error_kind` ("input", "model", "timeout" or "internal"), so batches record failures and go on.
 """
@@ -39,6 +42,14 @@ def error_verdict(image: str | None, category: str | None, exc: BaseException) -
     return Verdict.failed(image, f"internal error: {type(exc).__name__}: {exc}", category, kind="internal")
 
 
+def _is_image_object(obj) -> bool:
+    """A PIL image or a numpy array (one image given as an object, not a list of them)."""
+    import numpy as np
+    from PIL import Image
+
+    return isinstance(obj, np.ndarray | Image.Image)
+
+
 class ChatReply(BaseModel):
     """One chat turn's result: the answer, the session's verdict, and the session id to resume with."""
 
@@ -71,6 +82,13 @@ class AnomalyAgent:
             cfg = load_config(config, **overrides)
         return cls(cfg)
 
+    def check_backend(self) -> str | None:
+        """Check the model server once (before a batch): raises `ModelServerError` when it cannot serve
+        (see `agent.preflight`); returns the probe's one-line answer, or None for backends without a server."""
+        from agent.preflight import preflight
+
+        return preflight(self.backend, self.config)
+
     @property
     def backend_note(self) -> str:
         """One line: which backend runs and why (e.g. auto's fallback to tools-only)."""
@@ -80,8 +98,10 @@ class AnomalyAgent:
         run_id = uuid.uuid4().hex
         if isinstance(references, str | Path):
             references = str(references)
-        elif references is not None:
-            references = [str(r) for r in references]
+        elif _is_image_object(references):
+            references = [references]
+        elif references is not None:  # paths, and images as objects (PIL images, numpy arrays)
+            references = [str(r) if isinstance(r, Path) else r for r in references]
         state = {"run_id": run_id, "image": str(image) if isinstance(image, Path) else image,
                  "category": category, "references": references, "question": question}
         return state, run_id
@@ -105,15 +125,16 @@ class AnomalyAgent:
             write_trace(Path(trace_dir), run_id, state, verdict)
         return verdict
 
-    def detect(self, image: str | Path | bytes, category: str | None = None,
-               references: list[str | Path] | str | Path | None = None, question: str | None = None,
+    def detect(self, image: str | Path | bytes | Any, category: str | None = None,
+               references: list[str | Path | Any] | str | Path | Any | None = None, question: str | None = None,
                trace_dir: str | Path | None = None) -> Verdict:
         """Judge one image.
 
         Args:
-            image: path or encoded bytes.
+            image: a path, encoded bytes, a PIL image, or a numpy uint8 array HxW (grey) or HxWx3 (RGB).
             category: class name ("bottle"); used in prompts and for memory retrieval.
-            references: normal references: paths, a folder, a glob, "memory", or None (zero-shot).
+            references: normal references: paths, a folder, a glob, "memory", None (zero-shot), or a
+                list of paths, PIL images and numpy arrays (as for `image`).
             question: optional text for the model.
             trace_dir: save the run's trace JSON (and maps) here.
         """
@@ -124,10 +145,12 @@ class AnomalyAgent:
             state = self.graph.invoke(state_in, self._config(run_id))
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
             error = exc
+        finally:
+            self.runtime.end_run(run_id)  # also when cancelled: the run's images and features go
         return self._finish(state, run_id, image, category, started, trace_dir, error)
 
-    async def adetect(self, image: str | Path | bytes, category: str | None = None,
-                      references: list[str | Path] | str | Path | None = None, question: str | None = None,
+    async def adetect(self, image: str | Path | bytes | Any, category: str | None = None,
+                      references: list[str | Path | Any] | str | Path | Any | None = None, question: str | None = None,
                       trace_dir: str | Path | None = None) -> Verdict:
         """Async `detect` (model calls are awaited; tools run in worker threads)."""
         started = time.perf_counter()
@@ -137,9 +160,8 @@ class AnomalyAgent:
             state = await self.graph.ainvoke(state_in, self._config(run_id))
         except Exception as exc:  # noqa: BLE001
             error = exc
-        except BaseException:  # cancelled (a caller's time limit): free the run's images, then go on
-            self.runtime.end_run(run_id)
-            raise
+        finally:
+            self.runtime.end_run(run_id)  # a timeout cancels the task: release its run all the same
         return self._finish(state, run_id, image, category, started, trace_dir, error)
 
     async def astream_detect(self, image: str | Path | bytes, category: str | None = None,
@@ -220,7 +242,21 @@ class AnomalyAgent:
         ``{"type": "reply", "reply": ChatReply}`` last. Raises as `chat` does."""
         from agent.events import step_events
 
+        listed = references if isinstance(references, list | tuple) else [references]
+        if any(r is not None and not isinstance(r, str | Path) for r in listed):
+            msg = ("chat takes references as paths, a folder, a glob or 'memory' (the session saves them to resume "
+                   "later). Fix: save the images to files and pass their paths")
+            raise UserInputError(msg)
+        if image is not None and not isinstance(image, str | Path):
+            msg = (f"chat takes the image as a path (the session saves it to resume later), got a "
+                   f"{type(image).__name__}. Fix: save the image to a file and pass its path")
+            raise UserInputError(msg)
         graph = self._chat_graph()
+        if session is None and image is None:
+            msg = ("chat needs an image to start a session. Fix: pass the image (anomaly-agent chat IMAGE "
+                   "--message TEXT), or --session ID to continue a saved session")
+            raise UserInputError(msg)
+        given = session is not None
         session = session or uuid.uuid4().hex[:12]
         saved = self.session_state(session)
         config = {"recursion_limit": self._recursion_limit, "configurable": {"thread_id": session}}
@@ -231,18 +267,23 @@ class AnomalyAgent:
                 raise UserInputError(msg)
             state_in = {"run_id": session, "question": message}
         else:
-            if image is None:
-                msg = f"session {session} does not exist yet, so it needs an image. Fix: pass the image"
+            if image is None:  # only a session id the caller gave can be unknown here
+                msg = (f"no saved session {session!r} in {self.config.sessions_path}. Fix: check the id (printed "
+                       "after every turn), or pass the image to start a new session") if given else \
+                    "chat needs an image to start a session. Fix: pass the image"
                 raise UserInputError(msg)
             state_in, _ = self._input(image, category, references, message)
             state_in["run_id"] = session
         state: dict = {}
-        for mode, chunk in graph.stream(state_in, config, stream_mode=["updates", "values"]):
-            if mode == "values":
-                state = chunk
-                continue
-            for node, update in chunk.items():
-                yield from step_events(node, update)
+        try:
+            for mode, chunk in graph.stream(state_in, config, stream_mode=["updates", "values"]):
+                if mode == "values":
+                    state = chunk
+                    continue
+                for node, update in chunk.items():
+                    yield from step_events(node, update)
+        finally:
+            self.runtime.end_run(session)  # the next turn restores the images from the saved session
         verdict = Verdict.model_validate(state["verdict"]) if state.get("verdict") else None
         turns = sum(1 for m in state.get("messages", []) if getattr(m, "type", "") == "human" and "Question:" in str(m.content))
         yield {"type": "reply", "reply": ChatReply(session=session, answer=state.get("answer") or "",

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.base import ToolSettings
+from tools.cache import DEFAULT_CACHE_MB
 from tools.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 BACKENDS = ("auto", "openai", "transformers", "scripted", "none")
@@ -135,6 +136,17 @@ class AgentConfig(BaseSettings):
     # runtime
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    feature_cache_mb: float = Field(
+        DEFAULT_CACHE_MB, gt=0, allow_inf_nan=False, description="memory (MB) for reference features and banks "
+        "kept between images (least recently used dropped first); the query's own features are released after "
+        "its run")
+    bank_cache: bool = Field(True, description="store reference banks on disk (bank_dir) so the next process "
+                             "with the same references and settings skips the build")
+    bank_dir: Path = Field(default_factory=lambda: default_home() / "banks",
+                           description="folder of stored reference banks (see bank_cache)")
+    max_references: int = Field(
+        32, ge=1, description="at most this many normal references per image; above it the most diverse are "
+        "kept (farthest-point selection on small thumbnails), and a note says so")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     min_image_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="images whose shorter side is below "
                                 "this many pixels are refused as too small to judge")
@@ -169,8 +181,9 @@ class AgentConfig(BaseSettings):
 
     def tool_settings(self, out_dir: Path | None = None) -> ToolSettings:
         """The subset the tools read (every `ToolSettings` field has a same-named field here)."""
-        shared = set(ToolSettings.model_fields) - {"out_dir"}
-        return ToolSettings(**self.model_dump(include=shared), out_dir=out_dir)
+        shared = set(ToolSettings.model_fields) - {"out_dir", "bank_dir"}
+        return ToolSettings(**self.model_dump(include=shared), out_dir=out_dir,
+                            bank_dir=self.bank_dir if self.bank_cache else None)
 
     def masked(self) -> dict[str, Any]:
         """The config as JSON-able values, secrets shown as '***' (for `config show`)."""

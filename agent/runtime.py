@@ -1,28 +1,39 @@
 """What the graph's nodes share: the agent-wide runtime and each run's resources.
 
 `AgentRuntime` is built once per `AnomalyAgent`: config, backend (chat model), tool instances, the
-memory store (lazily), the prompt set, and a feature cache shared by all runs (keys are content
-digests, so references are embedded once per process, not once per query).
-`RunResources` holds one query's `ImageStore` and `ToolContext`.
+memory store (lazily), the prompt set, and a feature cache shared by all runs (`tools.cache.ByteLRU`,
+bounded by `feature_cache_mb`; keys are content digests, so references are embedded once per process,
+not once per query). `RunResources` holds one query's `ImageStore` and `ToolContext`; what the tools
+cache about the query itself lives there and is released when the run ends (`end_run`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.backends.factory import Backend
 from agent.config import AgentConfig
 from agent.errors import UserInputError
 from prompts import PromptSet, load_prompts
 from tools.base import Tool, ToolContext, ToolError
+from tools.cache import ByteLRU
 from tools.images import ImageStore
 from tools.registry import create_tool, tool_names
 from tools.types import Evidence
 
 REFERENCE_TOOLS = ("patch_knn", "reference_diff", "parts_check")
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 @dataclass
@@ -33,11 +44,13 @@ class RunResources:
         images: the run's `ImageStore` ("query", "ref0", ... and derived crops).
         ctx: the `ToolContext` the tools see.
         started: `time.monotonic()` at intake; the wall-time budget counts from here.
+        notes: sentences the verdict's explanation must carry (e.g. references left out by the cap).
     """
 
     images: ImageStore
     ctx: ToolContext
     started: float = field(default_factory=time.monotonic)
+    notes: list[str] = field(default_factory=list)
 
 
 class AgentRuntime:
@@ -47,9 +60,10 @@ class AgentRuntime:
         self.config = config
         self.backend = backend
         self.prompts = prompts or load_prompts("agent")
-        self.feature_cache: dict[Any, Any] = {}
+        self.feature_cache = ByteLRU(int(config.feature_cache_mb * 2**20))
         self.runs: dict[str, RunResources] = {}
         self._tools: dict[str, Tool] = {}
+        self._selections: dict = {}  # reference cap decisions, see select_references
         self._tool_lock = threading.Lock()
         self._memory = None
         self._memory_lock = threading.Lock()
@@ -106,10 +120,34 @@ class AgentRuntime:
         shared = set(Evidence.model_fields) & set(type(output).model_fields)
         return Evidence(tool=name, args=args, elapsed_ms=elapsed_ms, **{k: getattr(output, k) for k in shared})
 
+    def select_references(self, paths: list) -> tuple[list, str | None]:
+        """At most `max_references` of `paths` (the most diverse: `tools.reference_select`) and the note
+        saying so (None within the cap). Decided once per set of files (paths, sizes, mtimes) per process;
+        the note goes to stderr that first time."""
+        cap = self.config.max_references
+        if len(paths) <= cap:
+            return list(paths), None
+        from tools.images import load_any
+        from tools.reference_select import select_references
+
+        files = all(isinstance(p, str) for p in paths)  # images given as objects are not remembered
+        key = (cap, tuple((p, *_stat(p)) for p in paths)) if files else None
+        with self._tool_lock:
+            hit = self._selections.get(key) if files else None
+        if hit is None:
+            hit = select_references(paths, cap, lambda p: load_any(p, self.config.max_image_pixels,
+                                                                   self.config.min_image_side)[0])
+            print(hit[1], file=sys.stderr)  # once per process and set, like the progress lines
+            with self._tool_lock:
+                if files:
+                    self._selections[key] = hit
+                while len(self._selections) > 16:
+                    self._selections.pop(next(iter(self._selections)))
+        return list(hit[0]), hit[1]
+
     def new_run(self, run_id: str) -> RunResources:
         images = ImageStore(max_pixels=self.config.max_image_pixels, min_side=self.config.min_image_side)
-        ctx = ToolContext(images, settings=self.config.tool_settings())
-        ctx.cache = self.feature_cache
+        ctx = ToolContext(images, settings=self.config.tool_settings(), shared_cache=self.feature_cache)
         res = RunResources(images=images, ctx=ctx)
         self.runs[run_id] = res
         return res
@@ -122,7 +160,10 @@ class AgentRuntime:
             raise RuntimeError(msg) from None
 
     def end_run(self, run_id: str) -> None:
-        self.runs.pop(run_id, None)
+        """Forget a run: its images and the query's cached features are released."""
+        res = self.runs.pop(run_id, None)
+        if res is not None:
+            res.ctx.cache.release()
 
     # memory ----------------------------------------------------------------------------------
     def memory(self):

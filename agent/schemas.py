@@ -7,7 +7,7 @@ Field names follow anomalib's (`pred_score`, `pred_label`, `explanation`) so met
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -128,6 +128,17 @@ class Verdict(BaseModel):
             msg = "an error verdict needs its reason in `error`"
             raise ValueError(msg)
         return self
+
+    def maps(self) -> dict[str, Any]:
+        """Each tool's HxW float32 anomaly map (raw units, original resolution) as a numpy array, by tool
+        name (the last call of each tool that made a map). Read from the files behind `map_path`: without
+        --out / trace_dir they live in the process's temporary folder until it exits."""
+        out: dict[str, Any] = {}
+        for ev in self.evidence:
+            amap = ev.map_array()
+            if amap is not None:
+                out[ev.tool] = amap
+        return out
 
     @classmethod
     def failed(cls, image: str | None, error: str, category: str | None = None,

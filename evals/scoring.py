@@ -34,7 +34,7 @@ from evals.uncertainty import (
     normal_only_threshold,
     operating_point,
 )
-from tools.maps import float_map_path
+from tools.maps import float_map_path, read_float_map  # noqa: F401 - float_map_path: evals.runner imports it here
 
 MAP_SIDE = 256
 REFERENCE_SCORES = "reference_scores.jsonl"  # the references' leave-one-out verdicts
@@ -77,13 +77,10 @@ def _downscale(arr: np.ndarray, side: int, nearest: bool) -> np.ndarray:
 
 def _load_map(path: str) -> np.ndarray:
     """HxW float32 map: the raw float ``.npy`` beside the PNG when there is one, else the image itself."""
-    raw = float_map_path(path)
-    if raw.is_file():
-        return np.asarray(np.load(raw), dtype=np.float32)
-    with Image.open(path) as im:
-        if im.mode in ("F", "I", "I;16"):
-            return np.asarray(im, dtype=np.float32)
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    amap = read_float_map(path)
+    if amap is None:
+        raise FileNotFoundError(path)
+    return amap
 
 
 def _pixel_for(records: list[dict[str, Any]], map_side: int) -> dict[str, Any] | None:

@@ -391,8 +391,9 @@ def _clip_weight_path(settings: ToolSettings) -> Path:
     if tag and (Path(tag).expanduser().suffix or "/" in tag):
         return resolve_weight_file(Path(tag).name, settings, "ANOMALY_AGENT_CLIP_PRETRAINED", hint,
                                    explicit=Path(tag))
-    import open_clip
+    from tools.open_clip_meta import registry
 
+    open_clip = registry()  # names and tags only (see tools.open_clip_meta)
     cfg = open_clip.get_pretrained_cfg(settings.clip_model, tag)
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(settings.clip_model)) or "none"

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from tools.images import ImageStore, UnknownImageIdError
 from tools.types import Region
+
+MAPS_KEPT = 256  # temporary map folders kept per process (see ToolContext.out_dir)
 
 
 class ToolError(Exception):
@@ -37,6 +39,7 @@ class ToolSettings(BaseModel):
         dinov2_weights: DINOv2 ViT weight file for the ``dinov2_vit`` backbone (torch-hub .pth or timm
             .safetensors); None: ``dinov2_vits14_pretrain.pth`` in weights_dir or the torch hub cache.
         out_dir: where tools write maps and masks (None: a temporary folder).
+        bank_dir: where patch_knn stores reference banks between processes (None: not stored).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,13 +56,17 @@ class ToolSettings(BaseModel):
     sam_model_type: str = "vit_b"
     dinov2_weights: Path | None = None
     out_dir: Path | None = None
+    bank_dir: Path | None = None
 
 
 class ToolContext:
     """Per-session state shared by tool calls.
 
-    Holds the `ImageStore`, the query id, the reference ids, the settings, and a cache dict that
-    tools use to keep reference features (so references are embedded once per session, not per call).
+    Holds the `ImageStore`, the query id, the reference ids, the settings, and `cache`, a
+    `tools.cache.RunCache`: entries keyed by a reference's pixel digest (reference features, banks,
+    calibrations) go to `shared_cache` (an agent-wide `ByteLRU`, bounded in bytes; a private one when
+    None), so references are embedded once per process; the rest (the query's features) lives as long
+    as this context.
     """
 
     def __init__(
@@ -69,14 +76,20 @@ class ToolContext:
         reference_ids: list[str] | None = None,
         settings: ToolSettings | None = None,
         category: str | None = None,
+        shared_cache=None,
     ) -> None:
+        from tools.cache import ByteLRU, RunCache
+
         self.images = images
         self.query_id = query_id
         self.reference_ids = list(reference_ids or [])
         self.settings = settings or ToolSettings()
         self.category = category
-        self.cache: dict[Any, Any] = {}
+        self.cache: RunCache = RunCache(ByteLRU() if shared_cache is None else shared_cache, self._reference_digests)
         self._out_dir: Path | None = None
+
+    def _reference_digests(self) -> set[str]:
+        return {self.images.get(i).digest for i in self.reference_ids if i in self.images}
 
     def require_image(self, image_id: str | None) -> str:
         """Resolve an image id (None = the query) or raise a `ToolError` listing the known ids."""
@@ -101,14 +114,16 @@ class ToolContext:
 
     @property
     def out_dir(self) -> Path:
-        """Folder for maps, masks and crops written by tools."""
+        """Folder for maps, masks and crops written by tools (`settings.out_dir`, else a folder inside the
+        process's temporary folder, removed at exit: `tools.tempdirs`; the last `MAPS_KEPT` contexts'
+        folders stay, older ones are removed so a long-running process does not fill the disk)."""
         if self._out_dir is None:
             if self.settings.out_dir is not None:
                 self._out_dir = Path(self.settings.out_dir)
             else:
-                import tempfile
+                from tools.tempdirs import temp_dir
 
-                self._out_dir = Path(tempfile.mkdtemp(prefix="anomaly-agent-"))
+                self._out_dir = temp_dir("maps-", keep=MAPS_KEPT)
             self._out_dir.mkdir(parents=True, exist_ok=True)
         return self._out_dir
 
@@ -137,6 +152,22 @@ class ToolOutput(BaseModel):
     summary: str
     map_path: str | None = None
     image_ids: list[str] = Field(default_factory=list)
+    _map: Any = PrivateAttr(default=None)
+
+    def with_map(self, amap) -> ToolOutput:
+        """Attach this call's HxW float32 map (raw units) as an array; returns self."""
+        self._map = amap
+        return self
+
+    @property
+    def map_array(self):
+        """This call's HxW float32 anomaly map (the tool's raw units), or None: the array attached by the
+        tool, else the raw ``.npy`` written beside `map_path`."""
+        if self._map is None and self.map_path:
+            from tools.maps import read_float_map
+
+            self._map = read_float_map(self.map_path)
+        return self._map
 
 
 class Tool:

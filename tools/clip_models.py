@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tools.base import ToolSettings
+from tools.tempdirs import temp_dir
 from tools.weights import WeightsNotFoundError
 
 RANDOM_TAG = "random"
@@ -90,8 +90,9 @@ def resolve_clip_weights(settings: ToolSettings) -> Path | None:
         WeightsNotFoundError: unknown model/tag or no file found offline; the message names
             ANOMALY_AGENT_CLIP_PRETRAINED / ANOMALY_AGENT_WEIGHTS_DIR and how to fetch the file.
     """
-    import open_clip
+    from tools.open_clip_meta import registry
 
+    open_clip = registry()  # names and tags only: open_clip itself is not imported for a lookup
     model, tag = settings.clip_model, settings.clip_pretrained
     if model not in open_clip.list_models():
         msg = (
@@ -169,7 +170,7 @@ def register_tiny_clip_config(name: str = TINY_CLIP_NAME, image_size: int = 64) 
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
-    folder = Path(tempfile.mkdtemp(prefix="tiny-open-clip-"))
+    folder = temp_dir("tiny-open-clip-")
     (folder / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(folder)
     return name

@@ -200,13 +200,7 @@ def load_image_with_mode(
                 raise CorruptImageError(name, str(exc) or type(exc).__name__) from exc
         if img.format not in SUPPORTED_FORMATS:
             raise NotAnImageError(name, f"format {img.format} is not supported")
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(name, f"{width}x{height} = {width * height} pixels > {max_pixels}")
-        if width == 0 or height == 0:
-            raise CorruptImageError(name, f"empty image {width}x{height}")
-        if min(width, height) < min_side:
-            raise ImageTooSmallError(name, f"{width}x{height}; the shorter side must be at least {min_side} px")
+        _check_size(name, *img.size, max_pixels, min_side)
         mode = img.mode
         with _pillow_limit_off():  # our limit was checked above; some decoders (TIFF tiles) check again
             try:
@@ -217,6 +211,49 @@ def load_image_with_mode(
         return np.ascontiguousarray(_to_rgb(img, name)), mode
     finally:
         stream.close()
+
+
+class UnsupportedArrayError(ImageInputError):
+    cause = "not an image the API can take"
+    fix = ("pass a path, encoded bytes, a PIL image, or a numpy uint8 array of shape HxW (grey) or HxWx3 (RGB), "
+           "e.g. np.clip(x * 255, 0, 255).astype(np.uint8) for floats in 0..1")
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int, min_side: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(name, f"{width}x{height} = {width * height} pixels > {max_pixels}")
+    if width == 0 or height == 0:
+        raise CorruptImageError(name, f"empty image {width}x{height}")
+    if min(width, height) < min_side:
+        raise ImageTooSmallError(name, f"{width}x{height}; the shorter side must be at least {min_side} px")
+
+
+def load_any(source, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> tuple[np.ndarray, str | None, str]:
+    """An image from a path, encoded bytes, a PIL image or a numpy array: (HxWx3 uint8 RGB, mode, label).
+
+    Arrays must be uint8, HxW (grey, mode "L") or HxWx3 (RGB); PIL images follow the module's conversion
+    rule. Size limits apply to all. The label names the source in messages ("<numpy array 64x48>").
+
+    Raises:
+        ImageInputError: a subclass naming the cause and the fix (`UnsupportedArrayError` for other types).
+    """
+    if isinstance(source, str | Path | bytes | bytearray):
+        pixels, mode = load_image_with_mode(source, max_pixels, min_side)
+        return pixels, mode, "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+    if isinstance(source, Image.Image):
+        label = f"<PIL image {source.width}x{source.height} {source.mode}>"
+        _check_size(label, source.width, source.height, max_pixels, min_side)
+        return np.ascontiguousarray(_to_rgb(source, label)), source.mode, label
+    if isinstance(source, np.ndarray):
+        shape = "x".join(str(d) for d in source.shape)
+        label = f"<numpy array {shape}>"
+        grey = source.ndim == 2
+        if source.dtype != np.uint8 or not (grey or (source.ndim == 3 and source.shape[2] == 3)):
+            raise UnsupportedArrayError(label, f"shape {source.shape}, dtype {source.dtype}")
+        _check_size(label, source.shape[1], source.shape[0], max_pixels, min_side)
+        pixels = np.repeat(source[..., None], 3, axis=2) if grey else source
+        return np.ascontiguousarray(pixels), "L" if grey else "RGB", label
+    raise UnsupportedArrayError(f"<{type(source).__name__}>", f"got a {type(source).__name__}")
 
 
 @dataclass
@@ -274,10 +311,10 @@ class ImageStore:
         self._counters[prefix] = n + 1
         return f"{prefix}{n}"
 
-    def add_file(self, source: str | Path | bytes, image_id: str | None = None, prefix: str = "img") -> str:
-        """Validate and store an image file; returns its id."""
-        pixels, mode = load_image_with_mode(source, self.max_pixels, self.min_side)
-        label = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+    def add_file(self, source, image_id: str | None = None, prefix: str = "img") -> str:
+        """Validate and store an image (a path, encoded bytes, a PIL image or a uint8 HxW / HxWx3 array:
+        `load_any`); returns its id."""
+        pixels, mode, label = load_any(source, self.max_pixels, self.min_side)
         image_id = self.add_array(pixels, source=label, image_id=image_id, prefix=prefix)
         self._images[image_id].mode = mode
         return image_id

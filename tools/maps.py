@@ -107,6 +107,22 @@ def float_map_path(png_path: str | Path) -> Path:
     return Path(png_path).with_suffix(".npy")
 
 
+def read_float_map(path: str | Path) -> np.ndarray | None:
+    """HxW float32 map of a map PNG: the raw ``.npy`` beside it when there is one, else the PNG's grey
+    levels / 255 (float images as they are); None when neither file exists."""
+    raw = float_map_path(path)
+    if raw.is_file():
+        return np.asarray(np.load(raw), dtype=np.float32)
+    if not Path(path).is_file():
+        return None
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("F", "I", "I;16"):
+            return np.asarray(im, dtype=np.float32)
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
 def write_map_png(amap: np.ndarray, path: str | Path, vmin: float | None = None, vmax: float | None = None) -> str:
     """Write a map for people and for metrics: an 8-bit grey display PNG and the raw float map.
 

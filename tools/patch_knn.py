@@ -36,8 +36,9 @@ structured patch and its nearest patch in another reference is below `max_displa
 image; textures and parts placed at random match far away, where the position would only add
 cost to normal images).
 
-References are embedded once per session: features and banks are cached in `ctx.cache` keyed by
-backbone id, config and the references' pixel digests.
+References are embedded once per process: features and banks are cached in `ctx.cache` keyed by
+backbone id, config and the references' pixel digests (an LRU bounded in bytes, `tools.cache`), and
+banks are stored on disk for the next process (`tools.bank_store`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tools.backbones import Backbone, get_backbone
+from tools.bank_store import stored_bank
 from tools.base import Tool, ToolContext, ToolError, ToolInput, ToolOutput
 from tools.calibration import Z_EDGE, Calibrator
 from tools.maps import resize_map, top_regions, write_map_png
@@ -395,6 +397,9 @@ class ReferenceBank:
     choices: list[str]
     typical_patch: float
 
+    def __post_init__(self) -> None:
+        self.views = [tuple(v) for v in self.views]  # a stored bank's JSON gives lists
+
     def vectors(self, feats: list[np.ndarray]) -> list[np.ndarray]:
         """Per-view gh x gw x C feature arrays as this bank compares them (position kept or dropped)."""
         return [_strip(f, view, self.drop_pos) for f, view in zip(feats, self.views, strict=True)]
@@ -413,12 +418,14 @@ class ReferenceBank:
 
 @dataclass
 class PatchKnnResult:
-    """One image's measurement: raw score, map at original HxW (float32, raw units) and the bank."""
+    """One image's measurement: raw score, map at original HxW (float32, raw units), the bank, and the
+    patch grid's (gh, gw)."""
 
     raw_score: float
     score: float
     anomaly_map: np.ndarray
     bank: ReferenceBank
+    grid_shape: tuple[int, int] = (0, 0)
 
 
 class PatchKnnOutput(ToolOutput):
@@ -461,10 +468,7 @@ class PatchKnn(Tool):
     def __init__(self, config: PatchKnnConfig | None = None) -> None:
         super().__init__()
         self.config = check_config(config or PatchKnnConfig())
-        self.backbone: Backbone | None = None
-        self.last_map: np.ndarray | None = None
-        self.last_result: PatchKnnResult | None = None
-        self._grid_shape: tuple[int, int] | None = None
+        self.backbone: Backbone | None = None  # per-call state lives in PatchKnnResult, never here
 
     def _setup(self, ctx: ToolContext) -> None:
         import faiss
@@ -497,7 +501,8 @@ class PatchKnn(Tool):
         key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs))
         bank = ctx.cache.get(key)
         if bank is None:
-            bank = self._build_bank(ctx, refs)
+            bank = stored_bank(ctx.settings.bank_dir, self.backbone, self.config, refs,
+                               lambda: self._build_bank(ctx, refs))
             ctx.cache[key] = bank
         return bank
 
@@ -608,7 +613,7 @@ class PatchKnn(Tool):
     def measure(self, ctx: ToolContext, image_id: str | None = None) -> PatchKnnResult:
         """Score one image: raw and calibrated score, and its HxW float32 map (raw units).
 
-        Also sets `self.last_map` / `self.last_result`.
+        Nothing is kept on the tool instance (runs may share it): everything is in the result.
         """
         self.setup(ctx)
         image_id = ctx.require_image(image_id)
@@ -617,19 +622,16 @@ class PatchKnn(Tool):
         size = working_size(img.height, img.width, self.config, bank.ref_long_side)
         feats = self._features(ctx, img.pixels, img.digest, size, "query")
         grid = bank.grid(feats)
-        self._grid_shape = grid.shape
         raw = image_score(grid, self.config.topk, self.config.border)
         cell = img.width / grid.shape[1]
         amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
-        result = PatchKnnResult(raw, bank.calibrator(raw), amap, bank)
-        self.last_map, self.last_result = amap, result
-        return result
+        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape))
 
-    def _inner(self, amap: np.ndarray, width: int) -> np.ndarray:
+    def _inner(self, amap: np.ndarray, width: int, grid_shape: tuple[int, int]) -> np.ndarray:
         """The map with its outer `border` feature cells set to the map's median (HxW float32)."""
-        if self.config.border <= 0 or self.last_result is None:
+        if self.config.border <= 0:
             return amap
-        grid_w = self._grid_shape[1] if self._grid_shape else 0
+        grid_w = grid_shape[1]
         if grid_w <= 4 * self.config.border:
             return amap
         px = int(round(self.config.border * width / grid_w))
@@ -647,7 +649,7 @@ class PatchKnn(Tool):
         bank = res.bank
         img = ctx.images.get(image_id)
         amap = res.anomaly_map
-        find = self._inner(amap, img.width)  # regions, like the image score, skip the border ring
+        find = self._inner(amap, img.width, res.grid_shape)  # regions, like the image score, skip the border ring
         above = float(find.max()) >= bank.edge
         if above:
             # half-way from the map's median to its peak, never below the edge: tight boxes
@@ -677,7 +679,7 @@ class PatchKnn(Tool):
             normal_range=(round(lo, 4), round(hi, 4)),
             edge_of_normal=round(bank.edge, 4),
             choices=list(bank.choices),
-        )
+        ).with_map(amap)
 
     def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
         bank = res.bank

@@ -34,8 +34,8 @@ def _expand_one(spec: str | Path) -> list[Path]:
             raise ReferenceSpecError(msg) from None
     if path.is_dir():
         return sorted(p for p in path.iterdir() if _is_image(p))
-    if path.is_file():
-        return [path]
+    if path.is_file() or (path.exists() and not glob.has_magic(text)):
+        return [path]  # a named pipe or device too: intake refuses it by its kind, before any open()
     if glob.has_magic(text):
         return sorted(p for p in (Path(m) for m in glob.glob(str(path), recursive=True)) if _is_image(p))
     msg = f"reference path {text!r} does not exist. Fix: pass a folder of normal images, a glob or image files"
@@ -70,3 +70,19 @@ def resolve_references(spec: str | Path | Iterable[str | Path] | None) -> list[P
         )
         raise ReferenceSpecError(msg)
     return files
+
+
+def resolve_reference_items(spec) -> list:
+    """Like `resolve_references`, but a list may also hold images as objects (PIL images, numpy arrays,
+    encoded bytes; the Python API): paths come back as strings, objects as given, in order."""
+    if spec is None:
+        return []
+    if isinstance(spec, str | Path):
+        return [str(p) for p in resolve_references(spec)]
+    items: list = []
+    for entry in spec:
+        if isinstance(entry, str | Path):
+            items.extend(str(p) for p in resolve_references(entry))
+        else:
+            items.append(entry)
+    return items

@@ -9,6 +9,8 @@ output says `segmented: false`.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from pydantic import Field
 
@@ -29,6 +31,14 @@ class SamSession:
 
         self.predictor = SamPredictor(sam)
         self._digest: str | None = None
+        self._lock = threading.Lock()  # the predictor holds one image at a time: runs take turns
+
+    def segment(self, pixels: np.ndarray, digest: str, cache, box: np.ndarray | None,
+                points: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """`set_image` then `predict`, as one step (concurrent runs share this session)."""
+        with self._lock:
+            self.set_image(pixels, digest, cache)
+            return self.predict(box, points)
 
     def set_image(self, pixels: np.ndarray, digest: str, cache: dict) -> None:
         """Embed `pixels` (HxWx3 uint8 RGB) unless cached in `cache` under its digest."""
@@ -137,8 +147,7 @@ class SamCrop(Tool):
         mask = None
         iou = None
         if self.session is not None:
-            self.session.set_image(img.pixels, img.digest, ctx.cache)
-            mask, iou = self.session.predict(box, points)
+            mask, iou = self.session.segment(img.pixels, img.digest, ctx.cache, box, points)
             tight = mask_box(mask)
             if tight is None:
                 mask = None  # SAM found nothing: fall back to the prompt's box

@@ -80,7 +80,8 @@ def resolve_sam_checkpoint(settings: ToolSettings) -> Path:
         WeightsNotFoundError: unknown model type, or no file (names ANOMALY_AGENT_SAM_CHECKPOINT).
     """
     mtype = settings.sam_model_type
-    if mtype not in _builders():
+    known = mtype in SAM_FILES or mtype in ("default", TINY_SAM_TYPE)  # no import of segment_anything needed
+    if not known and mtype not in _builders():
         msg = (
             f"unknown SAM model type {mtype!r} (ANOMALY_AGENT_SAM_MODEL_TYPE); valid: "
             f"{', '.join(sorted(_builders()))}"

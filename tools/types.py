@@ -60,3 +60,12 @@ class Evidence(BaseModel):
     image_ids: list[str] = Field(default_factory=list)
     elapsed_ms: float = 0.0
     error: str | None = None
+
+    def map_array(self):
+        """The HxW float32 anomaly map (the tool's raw units) behind `map_path`, or None (no map, or its
+        files are gone: maps in the process's temporary folder are removed at exit)."""
+        if not self.map_path:
+            return None
+        from tools.maps import read_float_map
+
+        return read_float_map(self.map_path)

@@ -7,17 +7,20 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from agent.config import AgentConfig, load_config
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays fast (no numpy, Pillow, pydantic-settings)
+    from agent.config import AgentConfig
 
 ConfigOption = typer.Option(None, "--config", help="YAML file of settings (see `config show`).")
 
 
 def config_from_cli(config_file: Path | None, **flags: Any) -> AgentConfig:
     """Defaults < YAML < ANOMALY_AGENT_* env < the flags given (None = flag not given)."""
+    from agent.config import load_config
+
     return load_config(config_file, **flags)
 
 

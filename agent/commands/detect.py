@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from agent.commands.common import ConfigOption, config_from_cli, print_json_line, unique_stems
-from agent.schemas import Verdict
+
+if TYPE_CHECKING:  # imported when detect runs (keeps `--help` fast)
+    from agent.schemas import Verdict
 
 EXIT_FOR_ERROR = {"input": 2, "model": 3, "timeout": 3, "internal": 4}
 
@@ -78,8 +81,8 @@ def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
         + (f", defect: {verdict.defect_type}" if verdict.defect_type else "")
     )
     for region in verdict.regions:
-        score = f" score {region.score:.2f}" if region.score is not None else ""
-        console.print(f"  region {tuple(region.bbox_xyxy)} {region.label}{score}")
+        peak = f" (peak {region.score:.3g}, the tool's raw units)" if region.score is not None else ""
+        console.print(f"  region {tuple(region.bbox_xyxy)} {region.label}{peak}")
     console.print(f"  {verdict.explanation}", soft_wrap=True)
     if overlay:
         console.print(f"  overlay: {overlay}")
@@ -109,16 +112,20 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
+        max_references: int | None = typer.Option(None, "--max-references", help="At most this many references (default 32); above it the most diverse are kept (farthest-point on thumbnails)."),
         fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous, even if other images failed (their errors are still printed)."),
         config: Path | None = ConfigOption,
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
         from agent.api import AnomalyAgent
+        from agent.schemas import Verdict
+        from tools.progress import Counter
 
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, script=script,
-                              memory_path=memory, threshold=threshold)
+                              memory_path=memory, threshold=threshold, max_references=max_references)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
+        agent.check_backend()  # a dead model server: exit 3 now, not after every image ran its tools
         for folder in (out, trace):  # a file in the way is exit 2 now, not after the first image
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -126,6 +133,7 @@ def register(app: typer.Typer) -> None:
         items = expand_images(images)
         stems = unique_stems([path for path, _ in items]) if out is not None else {}
         verdicts = []
+        counter = Counter(len(items))  # "progress: 3/10 images, ..." on stderr once the batch runs over 1 s
         for image, problem in items:
             if problem is not None:
                 verdict = Verdict.failed(image, problem, category, kind="input")
@@ -145,6 +153,7 @@ def register(app: typer.Typer) -> None:
             else:
                 print_verdict(verdict, overlay)
             verdicts.append(verdict)
+            counter.step()
         if len(verdicts) > 1:
             print(summary_line(verdicts), file=sys.stderr)
         raise typer.Exit(exit_code(verdicts, fail_on_anomaly))

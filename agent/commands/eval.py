@@ -211,12 +211,16 @@ def register(app: typer.Typer) -> None:
             from evals.direct_baseline import DirectBaseline
 
             detector = DirectBaseline(cfg)
+            from agent.preflight import preflight
+
+            preflight(detector.backend, cfg)
             note = f"direct baseline on {detector.backend.name} ({detector.backend.reason})"
         else:
             from agent.api import AnomalyAgent
 
             detector = AnomalyAgent.from_config(cfg)
             note = f"agent on backend {detector.backend.name} ({detector.backend_note})"
+            detector.check_backend()  # a dead model server fails here, before the first image
         n_test = sum(len(c.test) for c in categories)
         fold_note = f", fold {fold}" if fold else ""
         err.print(f"eval: {len(categories)} categories, {n_test} test images{fold_note}, {shots} shots, {note}")

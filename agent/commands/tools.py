@@ -42,18 +42,6 @@ def validate_tool_args(tool, args: dict) -> dict:
     return args
 
 
-def _result_map(tool, output):
-    """The tool's HxW map of this call: its `last_map` attribute, else the PNG at `map_path`, else None."""
-    amap = getattr(tool, "last_map", None)
-    if amap is not None:
-        return amap
-    if output.map_path and Path(output.map_path).is_file():
-        import cv2
-
-        return cv2.imread(output.map_path, cv2.IMREAD_GRAYSCALE).astype("float32")
-    return None
-
-
 def _human(image: str, output) -> str:
     lines = [f"{image}:"]
     score = "-" if output.score is None else f"{output.score:.3f}"
@@ -116,9 +104,10 @@ def register(app: typer.Typer) -> None:
         for image, image_id in zip(images, image_ids, strict=True):
             ctx.query_id = image_id
             output = tool.run(dict(tool_args), ctx)
+            ctx.cache.release()  # this image's own features; the references' stay
             overlay = None
             if out is not None:
-                amap = _result_map(tool, output)
+                amap = output.map_array  # the array the tool attached, else its raw file
                 if amap is not None:
                     overlay = str(write_overlay(store.get(image_id).pixels, amap, out / f"{stems[image]}_{name}.png",
                                                 regions=output.regions))

@@ -52,14 +52,21 @@ def route_turn(state: State, *, rt: AgentRuntime) -> str:
 
 
 def answer(state: State, *, rt: AgentRuntime) -> dict:
-    """The turn's reply: the model's last words, or (no model) the verdict's explanation."""
+    """The turn's reply: the model's last words; without a model, what the measurements answer
+    (`agent.offline_chat`: zoom, where, how sure, why)."""
     last = state["messages"][-1] if state.get("messages") else None
     if rt.backend.model is not None and isinstance(last, AIMessage) and last.text.strip():
         return {"answer": last.text.strip()}
     verdict = state.get("verdict") or {}
+    if rt.backend.model is None:  # what the measurements can answer (zoom runs the zoom tool)
+        from agent.offline_chat import offline_answer
+
+        text, evidence = offline_answer(state.get("question") or "explain", verdict, rt,
+                                        rt.resources(state["run_id"]), state["query_id"])
+        if evidence is None:
+            return {"answer": text.strip()}
+        return {"answer": text.strip(), "evidence": [evidence], "tool_calls": state.get("tool_calls", 0) + 1}
     text = verdict.get("explanation", "")
-    if rt.backend.model is None:
-        text += " (No model is configured, so free-form questions get the measured verdict; set --base-url or --backend to chat.)"
-    elif state.get("budget_exhausted"):
+    if state.get("budget_exhausted"):
         text = f"The turn stopped on its budget ({state['budget_exhausted']}). {text}"
     return {"answer": text.strip()}

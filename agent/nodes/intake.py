@@ -6,13 +6,14 @@ import time
 
 from agent.runtime import AgentRuntime
 from agent.state import State
-from tools.references import resolve_references
+from tools.references import resolve_reference_items
 
 
 def intake(state: State, *, rt: AgentRuntime) -> dict:
     """Load the query as "query" and the references as "ref0".. (ids handed to tools and model).
 
-    `references` may be a list of paths, a folder, a glob, "memory" (filled by retrieve_memory) or None.
+    `references` may be a list of paths (or, from the Python API, PIL images / numpy arrays), a folder, a
+    glob, "memory" (filled by retrieve_memory) or None.
     Raises the `ImageInputError` family / `UserInputError` for bad input.
     """
     start = time.perf_counter()
@@ -23,10 +24,13 @@ def intake(state: State, *, rt: AgentRuntime) -> dict:
     res.ctx.query_id = query_id
     refs = state.get("references")
     paths: list[str] = []
-    if refs and refs != "memory":
-        paths = [str(p) for p in resolve_references(refs)]
-        for path in paths:
-            res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
+    if refs is not None and not (isinstance(refs, str) and refs == "memory"):
+        items, note = rt.select_references(resolve_reference_items(refs))
+        if note:
+            res.notes.append(note.removeprefix("note: ").replace("Fix: ", "To change this: "))
+        for item in items:  # paths, or images given as objects through the Python API
+            res.ctx.reference_ids.append(res.images.add_file(item, prefix="ref"))
+        paths = [i for i in items if isinstance(i, str)]
     return {
         "query_id": query_id,
         "reference_ids": list(res.ctx.reference_ids),

@@ -15,7 +15,8 @@ def survey(state: State, *, rt: AgentRuntime) -> dict:
     n_refs = len(res.ctx.reference_ids)
     memory_normals = sum(1 for e in state.get("memory_examples") or [] if e["example"].get("label") == "normal")
     require_references_or_model(rt, n_refs, memory_normals, state.get("category"))
-    note = mode_note(res.images, state["query_id"], res.ctx.reference_ids) if n_refs else None
+    mode = mode_note(res.images, state["query_id"], res.ctx.reference_ids) if n_refs else None
+    note = " ".join(n[0].upper() + n[1:] for n in [*res.notes, *([mode] if mode else [])]) or None
     evidence = []
     for name in rt.survey_tools(n_refs):
         ev = rt.run_tool(name, {"image_id": state["query_id"]}, res)

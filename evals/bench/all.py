@@ -26,6 +26,7 @@ BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("transformers_backend", [], ["--repeats", "2"]),
     ("serve", [], ["--duration", "10"]),
     ("scale", [], ["--items", "8", "--repeats", "1"]),
+    ("everyday", [], ["--detects", "300", "--repeats", "3"]),
 )
 
 

@@ -22,12 +22,13 @@ import dataclasses
 import importlib.util
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from tools.tempdirs import temp_dir
 
 REALSETS = Path(__file__).resolve().parents[3] / "shared" / "data" / "realsets"
 SCORING_TOOLS = ("patch_knn", "clip_similarity", "reference_diff", "parts_check")
@@ -51,7 +52,7 @@ def _context(size: int, n_refs: int = 4, threads: int = 2):
     store = ImageStore()
     query = store.add_array(_textured(100, size), "synthetic query", image_id="query")
     refs = [store.add_array(_textured(i, size), f"synthetic ref {i}", image_id=f"ref{i}") for i in range(n_refs)]
-    out = Path(tempfile.mkdtemp(prefix="bench-tools-"))
+    out = temp_dir("bench-tools-")
     settings = ToolSettings(device="cpu", threads=threads, out_dir=out)
     return ToolContext(store, query_id=query, reference_ids=refs, settings=settings, category="texture")
 
@@ -173,7 +174,7 @@ def quality_rows(
         ref_paths = select_references(cat.train_good, max(ks))
         ref_ids = [store.add_file(p, prefix="ref") for p in ref_paths]
         test_ids = [store.add_file(s.path, prefix="test") for s in test]
-        out = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+        out = temp_dir("bench-quality-")
         ctx = ToolContext(store, settings=ToolSettings(device="cpu", threads=threads, out_dir=out), category=cat.name)
         masks = {}
         for s, tid in zip(test, test_ids, strict=True):
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     elif importlib.util.find_spec("evals.synthetic") is not None and args.dataset == REALSETS:
         from evals.synthetic import generate_dataset
 
-        synth = Path(tempfile.mkdtemp(prefix="bench-synth-")) / "synthetic"
+        synth = temp_dir("bench-synth-") / "synthetic"
         generate_dataset(synth, seed=0, n_train=max(ks), n_test=10 if args.quick else 30)
         rows += quality_rows(synth, ks, config, max_test, None, args.threads, tools)
     else:

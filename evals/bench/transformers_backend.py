@@ -7,7 +7,7 @@ Per call, for 0, 1 and 4 images of 1024x1024 px (downscaled to ``image_max_side`
 `--repeats` warm calls of the total (``invoke``), and of its parts from the message's
 ``response_metadata["timings_ms"]``: render (message conversion, image decoding, chat template),
 processor (tokenizer + image processor), generate, parse. Without ``--model`` the tiny random
-checkpoints of ``tests/tiny_vlms.py`` are built in a temp folder: their generate time says nothing
+checkpoints of ``evals/tiny_vlms.py`` are built in a temp folder: their generate time says nothing
 about a real model, but render/processor/parse are the backend's own overhead at full image size.
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+
+from tools.tempdirs import temp_dir
 
 PARTS = ("render", "processor", "generate", "parse")
 
@@ -71,15 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         models = {args.model: args.model}
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        try:
-            from tests.tiny_vlms import FAMILIES, build_tiny_vlm
-        except ImportError:
-            msg = ("the tiny test VLMs (tests/tiny_vlms.py) ship with a source checkout, not with the installed "
-                   "package. Fix: pass --model PATH_OR_ID, or run this from a clone of the repository")
-            raise SystemExit(f"error: {msg}") from None
+        from evals.tiny_vlms import (  # ships with the package (not in tests/)
+            FAMILIES,
+            build_tiny_vlm,
+        )
 
-        root = Path(tempfile.mkdtemp(prefix="bench-tiny-vlms-"))
+        root = temp_dir("bench-tiny-vlms-")
         models = {f"tiny {f}": str(build_tiny_vlm(f, root / f)) for f in FAMILIES}
 
     header = f"{'model':<18} {'images':>6} {'in_tok':>6} {'total':>8} " + " ".join(f"{p:>9}" for p in PARTS)

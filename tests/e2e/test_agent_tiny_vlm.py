@@ -6,8 +6,8 @@ import pytest
 
 from agent.api import AnomalyAgent
 from agent.config import load_config
+from evals.tiny_vlms import build_tiny_vlm
 from tests.agent_fixtures import write_set
-from tests.tiny_vlms import build_tiny_vlm
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl"])

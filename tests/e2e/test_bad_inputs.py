@@ -1,7 +1,8 @@
 """A corpus of bad and odd inputs, built on the spot, run through the CLI in-process.
 
-Each case gets its documented exit code (2: bad input or config, 4: a bug, 0: an odd but valid
-input), exactly one `error:` line naming the cause (no traceback), and nothing lost: `detect --json`
+Each case gets its documented exit code (2: bad input or config, 3: the model server, 4: a bug, 0: an
+odd but valid input, with its one `note:` / `warning:` line), exactly one `error:` line naming the
+cause (no traceback), and nothing lost: `detect --json`
 writes one record per image given. The cases fail before any feature extraction (or use the cheap
 zoom tool), so the corpus runs in seconds; `test_batch_keeps_every_item` judges one mixed batch.
 """
@@ -218,6 +219,38 @@ CASES |= {
     "tools run bad --arg": Case(["tools", "run", "zoom", "{good}", "--arg", "box"], message="not key=value"),
     "tools run fifo": Case(["tools", "run", "zoom", "{build:named pipe}", "--arg", "box=[0,0,8,8]"],
                            message="not a regular file"),
+    # references, caps and caches
+    "refs holds a named pipe": Case(["detect", "{good}", "--refs", "{build:named pipe}", "--backend", "none"],
+                                    message="not a regular file (it is a named pipe)"),
+    "refs holds a text file": Case(["detect", "{good}", "--refs", "{build:text renamed png}", "--backend", "none"],
+                                   message="not an image"),
+    "--max-references 0": Case(["detect", "{good}", "--refs", "{refs}", "--backend", "none",
+                                "--max-references", "0"], message="max_references"),
+    "env max references not a number": Case(["detect", "{good}"], env={"ANOMALY_AGENT_MAX_REFERENCES": "many"},
+                                            message="max_references (ANOMALY_AGENT_MAX_REFERENCES)"),
+    "env zero feature cache": Case(["detect", "{good}"], env={"ANOMALY_AGENT_FEATURE_CACHE_MB": "0"},
+                                   message="feature_cache_mb"),
+    "env inf feature cache": Case(["detect", "{good}"], env={"ANOMALY_AGENT_FEATURE_CACHE_MB": "inf"},
+                                  message="feature_cache_mb"),
+    # model backend: checked once before the batch
+    "dead model server": Case(["detect", "{good}", "{good}", "--refs", "{refs}", "--backend", "openai",
+                               "--base-url", "{deadurl}"], code=3, message="connection refused"),
+    "dead model server, eval": Case(["eval", "{dataset}", "--out", "{root}/runs", "--backend", "openai",
+                                     "--base-url", "{deadurl}", "--no-progress", "--no-report"], code=3,
+                                    message="before any image was judged"),
+    # chat
+    "chat without an image": Case(["chat", "--message", "hi", "--backend", "none"],
+                                  message="chat needs an image to start a session"),
+    "chat unknown session": Case(["chat", "--message", "hi", "--session", "nosuch", "--backend", "none"],
+                                 message="no saved session 'nosuch'"),
+}
+
+# odd but valid input through detect: exit 0, no error line, and the note that says what happened
+VALID = {
+    "100 refs over the cap": (["detect", "{good}", "--refs", "{manyrefs}", "--backend", "none", "--json"],
+                              "note: 100 references given, above the cap of 32"),
+    "bank dir under a file": (["detect", "{good}", "--refs", "{refs}", "--backend", "none", "--json"],
+                              "warning: could not store the reference bank"),
 }
 
 # odd but valid images: accepted (exit 0) through intake, by the cheap zoom tool
@@ -257,8 +290,29 @@ def corpus(tmp_path, isolated_home):
     return {"root": tmp_path, "refs": refs, "good": good, "dataset": tmp_path / "ds"}
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _many_refs(root: Path, n: int = 100) -> Path:
+    folder = root / "many"
+    if not folder.exists():
+        folder.mkdir()
+        for i in range(n):
+            _png(folder / f"ref{i:03d}.png", _colour(1000 + i))
+    return folder
+
+
 def _fill(arg: str, corpus: dict) -> str:
     root = corpus["root"]
+    if arg == "{deadurl}":
+        return f"http://127.0.0.1:{_closed_port()}/v1"
+    if arg == "{manyrefs}":
+        return str(_many_refs(root))
     if arg.startswith("{build:"):
         name = arg[len("{build:"):].split("}")[0]
         sub = root / f"b{abs(hash(name))}"
@@ -304,6 +358,21 @@ def test_bad_input(name, corpus, capsys, monkeypatch):
         rows = [json.loads(r) for r in out.splitlines() if r.startswith("{")]
         assert len(rows) == case.records and all(r["status"] == "error" for r in rows), out
         assert rows[0]["error_kind"] == "input"
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_odd_but_valid_detect(name, corpus, capsys, monkeypatch):
+    argv, message = VALID[name]
+    if name == "bank dir under a file":
+        (corpus["root"] / "plain").write_text("x")
+        monkeypatch.setenv("ANOMALY_AGENT_BANK_DIR", str(corpus["root"] / "plain" / "banks"))
+    code = main([_fill(a, corpus) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("error:")]
+    assert err.count(message) == 1, err
+    rows = [json.loads(r) for r in out.splitlines() if r.startswith("{")]
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
 
 
 @pytest.mark.parametrize("name", sorted(ODD))

@@ -30,7 +30,7 @@ from agent.backends.transformers_backend import (
 )
 from agent.config import AgentConfig
 from agent.errors import UserInputError
-from tests.tiny_vlms import FAMILIES, build_tiny_vlm
+from evals.tiny_vlms import FAMILIES, build_tiny_vlm
 from tools.images import image_content_block
 
 MAX_NEW = 6

@@ -50,8 +50,9 @@ def tool():
 def test_planted_defect_found_in_place_and_clean_scores_low(tmp_path, tool):
     ctx = make_ctx(tmp_path, 3)
     bad = tool.run({}, ctx)
-    assert tool.last_map is not None and tool.last_map.shape == (H, W)
-    assert tool.last_map.dtype == np.float32
+    assert bad.map_array is not None and bad.map_array.shape == (H, W)
+    assert bad.map_array.dtype == np.float32
+    assert not hasattr(tool, "last_map")  # per-call state lives in the result, not on the shared tool
     clean = tool.run({"image_id": "clean"}, ctx)
     assert bad.score > 0.5 > clean.score
     assert bad.raw_score > clean.raw_score
