@@ -113,10 +113,13 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
         max_references: int | None = typer.Option(None, "--max-references", help="At most this many references (default 32); above it the most diverse are kept (farthest-point on thumbnails)."),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="Images judged at once (threads; results print in input order). Helps when a model server does the work; tools-only on few cores gains little."),
         fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help="Exit 1 when any image is anomalous, even if other images failed (their errors are still printed)."),
         config: Path | None = ConfigOption,
     ) -> None:
         """Judge images: normal or anomalous, how confident, where, and why."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from agent.api import AnomalyAgent
         from agent.schemas import Verdict
         from tools.progress import Counter
@@ -134,11 +137,16 @@ def register(app: typer.Typer) -> None:
         stems = unique_stems([path for path, _ in items]) if out is not None else {}
         verdicts = []
         counter = Counter(len(items))  # "progress: 3/10 images, ..." on stderr once the batch runs over 1 s
-        for image, problem in items:
+
+        def judge(item: tuple[str, str | None]) -> Verdict:
+            image, problem = item
             if problem is not None:
-                verdict = Verdict.failed(image, problem, category, kind="input")
-            else:
-                verdict = agent.detect(image, category=category, references=references, trace_dir=trace)
+                return Verdict.failed(image, problem, category, kind="input")
+            return agent.detect(image, category=category, references=references, trace_dir=trace)
+
+        pool = ThreadPoolExecutor(jobs) if jobs > 1 and len(items) > 1 else None
+        results = pool.map(judge, items) if pool else map(judge, items)  # both in input order
+        for (image, _), verdict in zip(items, results, strict=True):
             overlay = None
             if out is not None and verdict.status == "ok":
                 from agent.overlays import write_verdict_overlay
@@ -154,6 +162,8 @@ def register(app: typer.Typer) -> None:
                 print_verdict(verdict, overlay)
             verdicts.append(verdict)
             counter.step()
+        if pool:
+            pool.shutdown()
         if len(verdicts) > 1:
             print(summary_line(verdicts), file=sys.stderr)
         raise typer.Exit(exit_code(verdicts, fail_on_anomaly))

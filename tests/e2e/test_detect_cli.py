@@ -45,6 +45,21 @@ def test_batch_records_bad_items_and_goes_on(images, capsys, tmp_path):
     assert sum(1 for line in err.splitlines() if line.startswith("error:")) == 2
 
 
+def test_jobs_give_the_same_records_in_input_order(images, capsys, tmp_path):
+    """-j 3 judges images in threads: the same verdicts as one at a time, printed in input order."""
+    names = ["good", "bad", "good", "bad"]
+    argv = ["detect", *[str(images[n]) for n in names], str(tmp_path / "missing.png"),
+            "--refs", str(images["refs"]), "--backend", "none", "--json"]
+    assert main(argv) == 2
+    one = _lines(capsys.readouterr().out)
+    assert main([*argv, "-j", "3"]) == 2
+    three = _lines(capsys.readouterr().out)
+    assert [r["image"] for r in three] == [str(images[n]) for n in names] + [str(tmp_path / "missing.png")]
+    assert [r["status"] for r in three] == ["ok"] * 4 + ["error"]
+    assert [r.get("pred_label") for r in three] == [r.get("pred_label") for r in one]
+    assert [r["pred_score"] for r in three[:4]] == pytest.approx([r["pred_score"] for r in one[:4]], abs=1e-6)
+
+
 def test_fail_on_anomaly_exit_code(images, capsys):
     assert main(["detect", str(images["bad"]), "--refs", str(images["refs"]), "--backend", "none",
                  "--fail-on-anomaly"]) == 1

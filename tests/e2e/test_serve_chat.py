@@ -97,7 +97,7 @@ def test_openai_client_chat_streaming_and_not(oai_server):
         pieces.append(chunk.choices[0].delta.content or "")
         finish = chunk.choices[0].finish_reason or finish
     answer = "".join(pieces)
-    assert finish == "stop" and "patch_knn" in answer and not answer.startswith("**")  # a follow-up, no new verdict
+    assert finish == "stop" and "region" in answer and not answer.startswith("**")  # a follow-up, no new verdict
     transcript = httpx.get(f"{oai_server.url}/v1/sessions/{session}").json()["messages"]
     assert [m["text"] for m in transcript if m["role"] == "user"] == ["Is this part defective?", "Where is it?"]
 

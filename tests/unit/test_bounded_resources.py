@@ -32,8 +32,9 @@ def test_estimate_counts_arrays_inside_dataclasses_and_lists():
     from tools.patch_knn import ReferenceBank, _flat_index
 
     vecs = np.zeros((500, 64), np.float32)
-    bank = ReferenceBank(_flat_index(vecs), False, Calibrator(1.0, 0.1, 3), [1.0], 100.0, 8, 3, "x", [], 0.5)
-    assert estimate_bytes(bank) >= vecs.nbytes
+    bank = ReferenceBank([_flat_index(vecs), _flat_index(vecs)], [("image", "pos"), ("patch", "image")], [1.0, 1.0], False,
+                         Calibrator(1.0, 0.1, 3), [1.0], 100.0, 8, 3, "x", [], 0.5)
+    assert estimate_bytes(bank) >= 2 * vecs.nbytes  # both views' indexes
     assert estimate_bytes([vecs, vecs]) >= 2 * vecs.nbytes
 
 
