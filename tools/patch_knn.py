@@ -112,6 +112,10 @@ class PatchKnnConfig:
             find their nearest patch in another reference within this fraction of the image
             (median over patches and pairs; k >= 2). Above it the parts do not sit in fixed
             places (a texture, parts placed at random) and the position would only cost.
+        coreset: fraction of each reference's patch vectors kept in the bank, per view (greedy
+            k-centre: the kept patches cover the rest as closely as possible; 1.0: all), but never
+            fewer in all than one reference's patches (k = 1 keeps all). Leave-one-out calibration
+            uses the same reduced sets, so the edge of normal stays consistent.
     """
 
     backbone: str | None = None
@@ -132,6 +136,7 @@ class PatchKnnConfig:
     border: int = 2
     pos_weight: float = 8.0
     max_displacement: float = 0.25
+    coreset: float = 0.75
 
     def key(self) -> str:
         return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
@@ -357,6 +362,24 @@ def median_displacement(feats: list[np.ndarray]) -> float:
     return float(np.median(per_pair))
 
 
+def k_centre(vectors: np.ndarray, fraction: float) -> np.ndarray:
+    """The `fraction` of (n, c) vectors chosen by greedy k-centre (each next one farthest from those
+    kept; starts at the vector nearest the mean), as PatchCore's coreset. fraction >= 1: all."""
+    n = vectors.shape[0]
+    m = int(np.ceil(n * fraction))
+    if fraction >= 1.0 or m >= n:
+        return vectors
+    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    first = int(torch.cdist(x.mean(0, keepdim=True), x)[0].argmin())
+    kept = [first]
+    nearest = torch.cdist(x[first:first + 1], x)[0]
+    for _ in range(m - 1):
+        nxt = int(nearest.argmax())
+        kept.append(nxt)
+        nearest = torch.minimum(nearest, torch.cdist(x[nxt:nxt + 1], x)[0])
+    return np.ascontiguousarray(vectors[np.sort(kept)])
+
+
 def combine_grids(grids: list[np.ndarray], scales: list[float]) -> np.ndarray:
     """The views' gh x gw distance grids, each divided by its scale, averaged (one view: unchanged)."""
     if len(grids) == 1:
@@ -548,8 +571,9 @@ class PatchKnn(Tool):
             return f.reshape(-1, f.shape[-1])
 
         # per view, per reference: its patch vectors (and its copies')
-        per_ref = [[np.concatenate([rows(f[v], v) for f in [plain[i], *copies[i]]]) for i in range(len(refs))]
-                   for v in range(len(views))]
+        keep = max(cfg.coreset, 1.0 / len(refs))  # the bank never holds fewer patches than one reference has
+        per_ref = [[k_centre(np.concatenate([rows(f[v], v) for f in [plain[i], *copies[i]]]), keep)
+                    for i in range(len(refs))] for v in range(len(views))]
         stride = min(self.backbone.taps[name][0] for name in (cfg.layers or self.backbone.layers))
         indexes = [_flat_index(np.concatenate(per_ref[v])) for v in range(len(views))]
         view_grids: list[list[np.ndarray]] = []  # [normal image] -> per view its distance grid
