@@ -14,8 +14,8 @@ set, beside a plain PatchCore; the table is in the README):
    in the wrong place: swapped or misplaced parts); (b) the layers L2-normalised per patch
    (texture detail) beside the image-scaled ones, without the position (parts that move or turn
    a little between normal images).
-3. Per view, one memory bank of all reference patches (each the size a plain PatchCore uses),
-   searched with a faiss flat L2 index: a patch's distance to its nearest reference patch. Each
+3. Per view, one memory bank of the reference patches (75% of each reference's, by greedy
+   k-centre, `coreset`; a plain PatchCore keeps all), searched with a faiss flat L2 index: a patch's distance to its nearest reference patch. Each
    view's distances are divided by the references' typical own score in that view (leave-one-out
    median; 1 = as far as a normal reference) and the views are averaged: a defect that either
    view sees counts, and neither view's scale dominates. `augment="flips"` or "d4" adds
