@@ -125,6 +125,23 @@ def test_helpers():
         PatchKnn(PatchKnnConfig(augment="rot7"))
 
 
+def test_coreset_and_padded_search():
+    """k_centre keeps the asked fraction and covers outliers; padding narrow vectors changes no distance."""
+    from tools.patch_knn import _flat_index, k_centre, nn_distance
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(200, 16)).astype(np.float32)
+    vecs[7] = 50.0  # an outlier: the farthest point, always kept
+    kept = k_centre(vecs, 0.25)
+    assert kept.shape == (50, 16) and (kept == 50.0).all(axis=1).any()
+    assert k_centre(vecs, 1.0) is vecs
+    query = rng.normal(size=(4, 5, 16)).astype(np.float32)
+    index = _flat_index(vecs)
+    assert index.d >= 168
+    exact = np.sqrt(((query.reshape(-1, 1, 16) - vecs[None]) ** 2).sum(-1).min(1)).reshape(4, 5)
+    assert np.allclose(nn_distance(index, query), exact, atol=1e-3)
+
+
 def arrangement(seed: int, swapped: bool = False) -> np.ndarray:
     """A red disc left of a blue square on a noisy grey board (jittered by a few pixels), HxWx3.
 
@@ -160,9 +177,10 @@ def test_positional_view_flags_swapped_parts(tmp_path):
     bank = tool.reference_bank(ctx)
     assert not bank.drop_pos and any(c.startswith("position kept") for c in bank.choices)
     assert "Chosen for these references: position kept" in swapped.summary
-    # one bank of the references' own patches, the size a plain PatchCore uses (no copies)
+    # per view one bank of the references' own patches (no copies), 75% of each kept (coreset)
     sizes = [_work(store.get(r), tool) for r in refs]
-    assert [i.ntotal for i in bank.indexes] == [sum((h // 8) * (w // 8) for h, w in sizes)] * len(bank.views)
+    kept = sum(int(np.ceil(tool.config.coreset * (h // 8) * (w // 8))) for h, w in sizes)
+    assert [i.ntotal for i in bank.indexes] == [kept] * len(bank.views)
     # without it (setting patch_position off), a swap looks normal patch by patch
     ctx.settings = ToolSettings(device="cpu", out_dir=tmp_path, patch_position=False)
     plain = PatchKnn()
