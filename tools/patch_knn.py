@@ -15,10 +15,11 @@ set, beside a plain PatchCore; the table is in the README):
    (texture detail) beside the image-scaled ones, without the position (parts that move or turn
    a little between normal images).
 3. Per view, one memory bank of the reference patches (75% of each reference's, by greedy
-   k-centre, `coreset`; a plain PatchCore keeps all), searched with a faiss flat L2 index: a patch's distance to its nearest reference patch. Each
-   view's distances are divided by the references' typical own score in that view (leave-one-out
-   median; 1 = as far as a normal reference) and the views are averaged: a defect that either
-   view sees counts, and neither view's scale dominates. `augment="flips"` or "d4" adds
+   k-centre, `coreset`; a plain PatchCore keeps all), searched with a faiss flat L2 index: a
+   patch's distance to its nearest reference patch. Each view's distances are divided by the
+   references' typical own score in that view (leave-one-out median; 1 = as far as a normal
+   reference) and the views are averaged: a defect that either view sees counts, and neither
+   view's scale dominates. `augment="flips"` or "d4" adds
    flipped/rotated copies (8x the bank and the search; the position is then left out).
 4. Image score = mean of the top 1% of patch scores, the outer two rings of cells left out
    (`topk`, `border`: border cells see the network's zero padding and the frame of the part).
@@ -381,9 +382,7 @@ def k_centre(vectors: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def combine_grids(grids: list[np.ndarray], scales: list[float]) -> np.ndarray:
-    """The views' gh x gw distance grids, each divided by its scale, averaged (one view: unchanged)."""
-    if len(grids) == 1:
-        return grids[0] / scales[0] if scales[0] != 1.0 else grids[0]
+    """The views' gh x gw distance grids, each divided by its scale, averaged (float32)."""
     return np.mean([g / s for g, s in zip(grids, scales, strict=True)], axis=0).astype(np.float32)
 
 
