@@ -71,11 +71,76 @@ def policy_notes(fusion: FusionResult, threshold: float, model_text: str = "") -
     return lines
 
 
-def templated_explanation(fusion: FusionResult, evidence: list[Evidence], threshold: float) -> str:
-    """The explanation when no model speaks: the verdict, then each scoring tool's evidence."""
+def _where(box: tuple[int, int, int, int], width: int, height: int) -> str:
+    """Plain words for a box's place in the image: "the top-left area", "the centre", "the lower half"."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2 / max(width, 1), (y0 + y1) / 2 / max(height, 1)
+    if (x1 - x0) >= 0.6 * width and (y1 - y0) < 0.6 * height:
+        return "the upper half" if cy < 0.5 else "the lower half"
+    if (y1 - y0) >= 0.6 * height and (x1 - x0) < 0.6 * width:
+        return "the left half" if cx < 0.5 else "the right half"
+    row = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "")
+    col = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "")
+    if not row and not col:
+        return "the centre"
+    return f"the {'-'.join(p for p in (row, col) if p)} area"
+
+
+def _how_sure(score: float, threshold: float) -> str:
+    """Words for the distance between the score and the threshold, in log-odds (logit(0.9) ~ 2.2 nats: clearly)."""
+    import math
+
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-9), 1 - 1e-9)
+        return math.log(p / (1 - p))
+
+    gap = abs(logit(score) - logit(threshold))
+    return "clearly" if gap >= logit(0.9) else ("probably" if gap >= logit(0.7) else "borderline:")
+
+
+def _times(ratio: float) -> str:
+    words = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
+    r = round(ratio)
+    if abs(ratio - r) < 0.15 and r in words:
+        return words[r]
+    return f"{ratio:.1f} times"
+
+
+def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *, width: int, height: int,
+             n_references: int, category: str | None) -> str:
+    """The explanation's first sentence in plain words: what, where, how sure, and compared with what.
+
+    E.g. "Anomalous, clearly: the lower half of the bottle differs from all 4 good references 3.2 times as much
+    as they differ from each other (score 0.97, threshold 0.50)." Raw units stay in the evidence.
+    """
+    thing = f"the {category}" if category else "the image"
+    sure = _how_sure(fusion.score, threshold)
+    numbers = f"(score {fusion.score:.2f}, threshold {threshold:.2f})"
+    scored = [e for e in evidence if e.score is not None and not e.error and e.tool != "survey"]
+    lead = max(scored, key=lambda e: float(e.score), default=None)
+    if n_references == 0 or lead is None:
+        word = "Anomalous" if fusion.label == "anomalous" else "Normal"
+        return f"{word}, {sure} {numbers}, judged without normal references."
+    refs = f"all {n_references} good references" if n_references > 1 else "the good reference"
+    if fusion.label == "anomalous":
+        where = _where(lead.regions[0].bbox_xyxy, width, height) if lead.regions else "the image"
+        how = (f" {_times(lead.normal_ratio)} as much as they differ from each other"
+               if lead.normal_ratio is not None and lead.normal_ratio > 1 else "")
+        per = "" if lead.tool == "patch_knn" else f" ({lead.tool})"
+        return f"Anomalous, {sure}: {where} of {thing} differs from {refs}{how}{per} {numbers}."
+    ratios = [e.normal_ratio for e in scored if e.normal_ratio is not None]
+    within = (f", at most {_times(max(ratios))} as different as they are from each other" if ratios else "")
+    return f"Normal, {sure}: {thing} is within what {refs} show{within} {numbers}."
+
+
+def templated_explanation(fusion: FusionResult, evidence: list[Evidence], threshold: float,
+                          first: str = "") -> str:
+    """The explanation when no model speaks: the plain-words `first` sentence (`headline`), the verdict's
+    basis, then each scoring tool's evidence."""
     verdict = "Anomalous" if fusion.label == "anomalous" else "Normal"
     relation = ">=" if fusion.label == "anomalous" else "<"
-    lines = [f"{verdict}: {fusion.describe()}, {relation} threshold {threshold:.2f}."]
+    lines = [first] if first else []
+    lines.append(f"{verdict}: {fusion.describe()}, {relation} threshold {threshold:.2f}.")
     for ev in evidence:
         if ev.score is not None or ev.error:
             lines.append(evidence_line(ev))

@@ -18,6 +18,10 @@ The formula (a weighted mean in log-odds, i.e. a logistic combination with fixed
   - ``patch_knn``: 1.0 (PatchCore-style evidence, the strongest surface-defect measure);
   - ``parts_check``: 0.8 (logical anomalies); ``clip_similarity``: 0.6 (zero-shot, noisier);
   - ``reference_diff``: 0.5 (alignment-sensitive); any other scoring tool: 0.5.
+  - ``survey``: 1.0. With references the survey (`agent.nodes.survey`) runs patch_knn and the complementary
+    tools and fuses them by its own one-sided rule (`agent.survey_fusion`); its reading stands for the
+    tools it ran (their own evidence, marked ``args["stage"] == "survey"``, is not counted again). Calls
+    the model makes later count as their own terms.
 - A tool called several times (e.g. on zooms) contributes its highest score once: a defect seen anywhere counts.
 - The label is ``anomalous`` iff ``pred_score >= threshold`` (default 0.5), never parsed from text.
 
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 from tools.types import Evidence, Region
 
 TOOL_WEIGHTS: dict[str, float] = {
+    "survey": 1.0,
     "patch_knn": 1.0,
     "parts_check": 0.8,
     "clip_similarity": 0.6,
@@ -171,11 +176,20 @@ def best_per_tool(evidence: list[Evidence]) -> dict[str, Evidence]:
     return best
 
 
+def without_survey_parts(evidence: list[Evidence]) -> list[Evidence]:
+    """The evidence with the survey's component calls left out when its fused reading is present: the
+    reading ("survey") already counts them, once, by the survey's own rule (`agent.survey_fusion`)."""
+    if not any(ev.tool == "survey" and ev.score is not None for ev in evidence):
+        return list(evidence)
+    return [ev for ev in evidence if (ev.args or {}).get("stage") != "survey"]
+
+
 def tool_terms(evidence: list[Evidence]) -> list[FusionTerm]:
-    """One term per scoring tool (its highest calibrated score), in first-seen order."""
+    """One term per scoring tool (its highest calibrated score), in first-seen order. The survey's fused
+    reading stands for the tools it ran, at weight 1."""
     return [
         FusionTerm(tool, float(ev.score), TOOL_WEIGHTS.get(tool, DEFAULT_TOOL_WEIGHT))
-        for tool, ev in best_per_tool(evidence).items()
+        for tool, ev in best_per_tool(without_survey_parts(evidence)).items()
     ]
 
 
@@ -192,7 +206,10 @@ def model_term(label: str | None, probability: float | None) -> FusionTerm | Non
 
 
 def combine(terms: list[FusionTerm]) -> float:
-    """sigmoid of the weighted mean of the terms' bounded log-odds."""
+    """sigmoid of the weighted mean of the terms' bounded log-odds; a single term is its own probability
+    (nothing to weigh it against, so nothing to bound)."""
+    if len(terms) == 1:
+        return min(max(float(terms[0].probability), 0.0), 1.0)
     total = sum(t.weight for t in terms)
     return _sigmoid(sum(t.weight * _logit(t.probability) for t in terms) / total)
 
@@ -236,7 +253,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
     """
     on_query, other = split_by_image(evidence, query_ids)
     excluded = tuple(f"{ev.tool} on {evidence_image(ev)} {float(ev.score):.2f}" for ev in other)
-    best = best_per_tool(on_query)
+    best = best_per_tool(without_survey_parts(on_query))
     t_terms = tool_terms(on_query)
     m_term = model_term(model_label, model_probability)
     terms = [*t_terms, *([m_term] if m_term is not None else [])]

@@ -106,9 +106,12 @@ class AgentRuntime:
         return names
 
     def survey_tools(self, n_references: int) -> list[str]:
-        """The cheap tools run before the model speaks: patch kNN with references, CLIP without."""
+        """The cheap tools run before the model speaks: with references patch kNN first, then the
+        complementary tools the survey fusion counts (`agent.survey_fusion.SURVEY_WEIGHTS`); CLIP without."""
         if n_references > 0:
-            return ["patch_knn"]
+            from agent.survey_fusion import SURVEY_WEIGHTS
+
+            return ["patch_knn", *(name for name, w in SURVEY_WEIGHTS.items() if w > 0)]
         return ["clip_similarity"] if self.clip_available() else []
 
     def run_tool(self, name: str, args: dict, res: RunResources) -> Evidence:
@@ -177,6 +180,29 @@ class AgentRuntime:
 
                     self._memory = open_store(cfg)
             return self._memory
+
+    def operating_points(self):
+        """The per-category thresholds refit from labelled verdicts (`memory.operating_point`), beside the memory."""
+        from memory.operating_point import OperatingPoints, operating_points_path
+
+        cfg = self.config
+        return OperatingPoints(operating_points_path(cfg.memory_path, cfg.memory_host, cfg.memory_port))
+
+    def active_threshold(self, category: str | None) -> tuple[float, str]:
+        """(threshold, where it comes from): a configured `threshold` (flag, file, environment) wins; else the
+        category's operating point refit from labelled verdicts, when it has any; else the default 0.5."""
+        cfg = self.config
+        if "threshold" in cfg.model_fields_set or not category:
+            return cfg.threshold, "configured" if "threshold" in cfg.model_fields_set else "default"
+        try:
+            point = self.operating_points().get(category)
+        except ValueError as exc:
+            print(f"warning: {exc}; using the default threshold", file=sys.stderr)
+            return cfg.threshold, "default"
+        if not point.refit:
+            return cfg.threshold, "default"
+        return point.threshold, (f"refit for '{category}' from {point.n_normal} normal and {point.n_anomalous} "
+                                 f"anomalous labelled verdict(s)")
 
     def embedder(self):
         with self._memory_lock:

@@ -78,6 +78,8 @@ class Verdict(BaseModel):
         pred_label: "normal" | "anomalous"; None only when status is "error".
         pred_score: fused anomaly score in [0, 1]; the label is `pred_score >= threshold`.
         threshold: the decision threshold used.
+        threshold_source: where it came from: "default", "configured" (a flag, file or environment), or
+            "refit for '<category>' from N normal and M anomalous labelled verdict(s)" (`memory.operating_point`).
         score_source: how the model's part of the score was obtained: "logprobs" (token
             probabilities), "label" (the model gave no probabilities; its label was used), or "tools"
             (no model: tools and fusion only).
@@ -100,6 +102,7 @@ class Verdict(BaseModel):
     pred_label: Label | None = None
     pred_score: float | None = Field(None, ge=0.0, le=1.0)
     threshold: float = 0.5
+    threshold_source: str = "default"
     score_source: Literal["logprobs", "label", "tools"] = "tools"
     defect_type: str | None = None
     regions: list[Region] = Field(default_factory=list)

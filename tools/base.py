@@ -83,13 +83,16 @@ class ToolContext:
         self.images = images
         self.query_id = query_id
         self.reference_ids = list(reference_ids or [])
+        # labelled anomalous examples (image id, name to cite) the tools may compare with (`tools.defect_bank`)
+        self.known_defects: list[tuple[str, str]] = []
         self.settings = settings or ToolSettings()
         self.category = category
         self.cache: RunCache = RunCache(ByteLRU() if shared_cache is None else shared_cache, self._reference_digests)
         self._out_dir: Path | None = None
 
     def _reference_digests(self) -> set[str]:
-        return {self.images.get(i).digest for i in self.reference_ids if i in self.images}
+        ids = [*self.reference_ids, *(i for i, _ in self.known_defects)]
+        return {self.images.get(i).digest for i in ids if i in self.images}
 
     def require_image(self, image_id: str | None) -> str:
         """Resolve an image id (None = the query) or raise a `ToolError` listing the known ids."""
@@ -144,10 +147,14 @@ class ToolOutput(BaseModel):
         summary: one paragraph, readable by a person and by the model; cites the numbers.
         map_path: anomaly map PNG (HxW, original resolution), if the tool makes one.
         image_ids: images this call registered (crops, aligned references).
+        normal_ratio: raw score / the references' typical own score (median of their leave-one-out or
+            augmented-copy scores): 1 = as different as the normal references are from each other;
+            None where the tool has no such scale.
     """
 
     score: float | None = None
     raw_score: float | None = None
+    normal_ratio: float | None = None
     regions: list[Region] = Field(default_factory=list)
     summary: str
     map_path: str | None = None

@@ -64,6 +64,11 @@ class Calibrator:
         return e / (1.0 + e)
 
 
+def ratio_to_normal(raw: float, center: float) -> float | None:
+    """raw / the normals' median (how many times the references' own variation), None when that median is ~0."""
+    return float(raw) / float(center) if abs(float(center)) > 1e-9 else None
+
+
 def augmented_copies(pixels: np.ndarray, n: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Mildly perturbed copies of a normal image, to calibrate a tool when k = 1.
 

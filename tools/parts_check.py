@@ -17,6 +17,7 @@ leave-one-out costs (spread floored at a quarter part).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import cv2
@@ -24,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from tools.base import Tool, ToolContext, ToolInput, ToolOutput
-from tools.calibration import Calibrator, augmented_copies
+from tools.calibration import Calibrator, augmented_copies, ratio_to_normal
 from tools.registry import register
 from tools.types import Region
 
@@ -326,7 +327,10 @@ class PartsCheck(Tool):
         return cv2.resize(img.pixels, size, interpolation=cv2.INTER_AREA) if s < 1 else img.pixels
 
     def _parts(self, ctx, pixels, digest, palette_key, palette, args, use_sam) -> list[Part]:
-        key = ("parts", digest, palette_key, args.min_area, args.work_side, use_sam)
+        # the palette's key names the references' digests; hashed, so a query's parts stay in the run's own
+        # cache (released when the run ends) and only the references' parts go to the shared one
+        palette_tag = hashlib.sha1(repr(palette_key).encode()).hexdigest()[:16]
+        key = ("parts", digest, palette_tag, args.min_area, args.work_side, use_sam)
         if key not in ctx.cache:
             if use_sam:
                 ctx.cache[key] = parts_by_sam(pixels, self.sam, palette, args.min_area)
@@ -421,7 +425,7 @@ class PartsCheck(Tool):
             f"{cal.center:.2f} +- {cal.spread:.2f} among references ({how} {len(refs)}) -> calibrated {score:.2f}."
         )
         return self.Output(
-            score=score, raw_score=raw, regions=regions, summary=summary, segmentation=seg,
+            score=score, raw_score=raw, normal_ratio=ratio_to_normal(raw, cal.center), regions=regions, summary=summary, segmentation=seg,
             n_parts=len(q_parts), counts_by_colour=counts, reference_counts=ref_counts,
             deviations=deviations, best_reference_id=refs[best],
         )

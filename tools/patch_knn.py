@@ -55,10 +55,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from tools import defect_bank
 from tools.backbones import Backbone, get_backbone
 from tools.bank_store import stored_bank
 from tools.base import Tool, ToolContext, ToolError, ToolInput, ToolOutput
 from tools.calibration import Z_EDGE, Calibrator
+from tools.calibration import ratio_to_normal as _ratio
+from tools.defect_bank import Boost
 from tools.maps import resize_map, top_regions, write_map_png
 from tools.registry import register
 
@@ -466,6 +469,8 @@ class PatchKnnResult:
     anomaly_map: np.ndarray
     bank: ReferenceBank
     grid_shape: tuple[int, int] = (0, 0)
+    known: Boost | None = None  # what the known defects did (None: no labelled anomaly to compare with)
+    plain_raw: float | None = None  # the raw score before the known defects' boost
 
 
 class PatchKnnOutput(ToolOutput):
@@ -663,10 +668,34 @@ class PatchKnn(Tool):
         size = working_size(img.height, img.width, self.config, bank.ref_long_side)
         feats = self._features(ctx, img.pixels, img.digest, size, "query")
         grid = bank.grid(feats)
+        plain = image_score(grid, self.config.topk, self.config.border)
+        known = self.defect_bank(ctx, bank)
+        boost = None
+        if known is not None and img.digest not in {ctx.images.get(i).digest for i, _ in ctx.known_defects}:
+            boost = defect_bank.boost(bank, known, feats, grid)
+            grid = boost.grid
         raw = image_score(grid, self.config.topk, self.config.border)
         cell = img.width / grid.shape[1]
         amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
-        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape))
+        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape), boost, plain)
+
+    def defect_bank(self, ctx: ToolContext, bank: ReferenceBank) -> defect_bank.DefectBank | None:
+        """The bank of the context's labelled anomalous examples (`ctx.known_defects`) against `bank`, cached;
+        None without any."""
+        if not ctx.known_defects:
+            return None
+        examples = [(ctx.images.get(i), name) for i, name in ctx.known_defects]
+        key = ("patch_knn:defects", self.backbone.model_id, self.config.key(),
+               tuple(r.digest for r in (ctx.images.get(i) for i in ctx.reference_ids)),
+               tuple((img.digest, name) for img, name in examples))
+        found = ctx.cache.get(key)
+        if found is None:
+            feats = [self._features(ctx, img.pixels, img.digest,
+                                    working_size(img.height, img.width, self.config, bank.ref_long_side), "known")
+                     for img, _ in examples]
+            found = defect_bank.build(bank, feats, [name for _, name in examples])
+            ctx.cache[key] = found
+        return found
 
     def _inner(self, amap: np.ndarray, width: int, grid_shape: tuple[int, int]) -> np.ndarray:
         """The map with its outer `border` feature cells set to the map's median (HxW float32)."""
@@ -710,6 +739,7 @@ class PatchKnn(Tool):
         return PatchKnnOutput(
             score=float(res.score),  # unrounded: rounding makes strong anomalies tie (AUROC needs the order)
             raw_score=float(res.raw_score),
+            normal_ratio=_ratio(res.raw_score, bank.calibrator.center),
             regions=regions,
             summary=summary,
             map_path=map_path,
@@ -757,6 +787,13 @@ class PatchKnn(Tool):
                     f" No area exceeds the normal edge; the strongest response is at the {where}, "
                     f"box {list(top.bbox_xyxy)} (peak {top.score:.3f})."
                 )
+        known = res.known
+        if known is not None and known.example is not None and res.plain_raw is not None:
+            text += (
+                f" Its strongest patch resembles the known defect {known.example}: {known.ratio:.1f}x nearer to "
+                f"that defect's patches than to any normal patch, which raised the raw score from "
+                f"{res.plain_raw:.3f} to {res.raw_score:.3f}."
+            )
         if bank.choices:
             text += " Chosen for these references: " + "; ".join(bank.choices) + "."
         return text

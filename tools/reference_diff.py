@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from tools.base import Tool, ToolContext, ToolError, ToolInput, ToolOutput
-from tools.calibration import Calibrator, augmented_copies
+from tools.calibration import Calibrator, augmented_copies, ratio_to_normal
 from tools.maps import publish_map, resize_map
 from tools.registry import register
 
@@ -366,7 +366,7 @@ class ReferenceDiff(Tool):
         cal = self._calibrator(ctx, refs, args.max_side)
         score = cal(res.raw)
         return self.Output(
-            score=score, raw_score=res.raw, regions=regions, map_path=map_path, image_ids=[aligned_id],
+            score=score, raw_score=res.raw, normal_ratio=ratio_to_normal(res.raw, cal.center), regions=regions, map_path=map_path, image_ids=[aligned_id],
             summary=self._summary(image_id, ref_id, sim, aligned_id, res, regions, cal, score, len(refs)),
             reference_id=ref_id, reference_similarity=sim, aligned_id=aligned_id,
             alignment=res.alignment.method, alignment_inliers=res.alignment.inliers,

@@ -46,6 +46,8 @@ class Evidence(BaseModel):
         summary: one paragraph a person (and the model) can read; cites numbers.
         map_path: optional path to the HxW anomaly map (PNG, 0..255) at the original resolution.
         image_ids: ids of images the tool registered (crops, aligned references).
+        normal_ratio: raw score / the references' typical own score (1 = as different as the normal
+            references are from each other), None where the tool has no such scale.
         elapsed_ms: wall time of the call.
         error: set when the call failed; then score is None.
     """
@@ -54,6 +56,7 @@ class Evidence(BaseModel):
     args: dict = Field(default_factory=dict)
     score: float | None = None
     raw_score: float | None = None
+    normal_ratio: float | None = None
     regions: list[Region] = Field(default_factory=list)
     summary: str = ""
     map_path: str | None = None

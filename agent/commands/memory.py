@@ -199,16 +199,22 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
         config: Path | None = ConfigOption,
     ) -> None:
-        """Remove examples (from every embedding model's collection)."""
+        """Remove examples (from every embedding model's collection). An example stored from feedback also
+        leaves its category's known defects or references, and its label's effect on the category's
+        threshold is reverted (`memory.operating_point`)."""
+        from memory.operating_point import OperatingPoints, describe_move, operating_points_path
+
         with _user_errors():
-            _, store = _store(config, memory, create=False)
+            cfg, store = _store(config, memory, create=False)
             with store:
                 removed = {i: store.delete(i) for i in ids}
+            points = OperatingPoints(operating_points_path(cfg.memory_path, cfg.memory_host, cfg.memory_port))
+            moves = {i: [describe_move(b.category, b, a) for b, a in points.remove(i)] for i in ids}
         if as_json:
-            _echo_json({"removed": removed})
+            _echo_json({"removed": removed, "thresholds": moves})
         else:
             for i in removed:
-                typer.echo(f"removed {i}")
+                typer.echo(f"removed {i}" + "".join(f"; {m}" for m in moves[i]))
 
     @group.command("export")
     def export(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from agent.explain import cite_fusion, templated_explanation
+from agent.explain import cite_fusion, headline, templated_explanation
 from agent.fusion import fuse as fuse_scores
 from agent.fusion import split_by_image
 from agent.runtime import AgentRuntime
@@ -38,6 +38,11 @@ def query_lineage(images, query_id: str) -> set[str]:
     return ids
 
 
+def query_evidence_for_fusion(evidence: list[Evidence], on_query: set[str]) -> list[Evidence]:
+    """The evidence about the query that the fusion counts (the survey's parts inside its reading)."""
+    return split_by_image(evidence, on_query)[0]
+
+
 def _tool_regions(evidence: list[Evidence]) -> list[Region]:
     scored = [e for e in evidence if e.score is not None and e.regions and not e.error]
     if not scored:
@@ -49,6 +54,7 @@ def _tool_regions(evidence: list[Evidence]) -> list[Region]:
 def fuse(state: State, *, rt: AgentRuntime) -> dict:
     start = time.perf_counter()
     cfg = rt.config
+    threshold, threshold_source = rt.active_threshold(state.get("category"))
     res = rt.resources(state["run_id"])
     query = res.images.get(state["query_id"])
     evidence = [Evidence.model_validate(e) for e in state.get("evidence", [])]
@@ -57,7 +63,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     probability = answer.get("probability") if answer else None
     on_query = query_lineage(res.images, state["query_id"])
     try:
-        result = fuse_scores(evidence, label, probability, cfg.threshold, p_normal=(answer or {}).get("p_normal"),
+        result = fuse_scores(evidence, label, probability, threshold, p_normal=(answer or {}).get("p_normal"),
                              dismiss_confidence=cfg.dismiss_confidence, query_ids=on_query)
     except ValueError:
         if state.get("model_error"):
@@ -66,10 +72,12 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
             raise ModelOutputError(state["model_error"]) from None
         raise
     if answer:
-        explanation = cite_fusion(answer["explanation"], result, cfg.threshold)
+        explanation = cite_fusion(answer["explanation"], result, threshold)
         source = "logprobs" if probability is not None else "label"
     else:
-        explanation = templated_explanation(result, evidence, cfg.threshold)
+        first = headline(result, query_evidence_for_fusion(evidence, on_query), threshold, width=query.width,
+                         height=query.height, n_references=len(res.ctx.reference_ids), category=state.get("category"))
+        explanation = templated_explanation(result, evidence, threshold, first)
         source = "tools"
     if state.get("model_error"):
         explanation += f" (The model's verdict was invalid even after one repair, so the tools decided alone: {state['model_error']})"
@@ -86,7 +94,8 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         category=state.get("category"),
         pred_label=result.label,
         pred_score=result.score,
-        threshold=cfg.threshold,
+        threshold=threshold,
+        threshold_source=threshold_source,
         score_source=source,
         defect_type=(answer or {}).get("defect_type") if result.label == "anomalous" else None,
         regions=regions,

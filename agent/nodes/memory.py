@@ -8,6 +8,37 @@ from agent.errors import UserInputError
 from agent.runtime import AgentRuntime
 from agent.state import State
 
+FEEDBACK_SOURCE = "feedback"  # a memory example stored from an inspector's feedback has a source starting so
+
+
+def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
+    """Put what the inspector taught to use in this run (no model needed):
+
+    - labelled anomalies become known defects the tools compare with (`ToolContext.known_defects`,
+      `tools.defect_bank`), named by their defect type and id;
+    - with references given by the user (not "memory"), normals stored from feedback (false alarms marked
+      normal: hard normals) join the references; at most `max_memory_normals`, nearest first, as retrieved.
+      With references from memory every retrieved normal is already a reference.
+
+    Returns True when the references changed.
+    """
+    for e in examples:
+        ex = e["example"]
+        if ex["label"] != "anomalous":
+            continue
+        what = ex.get("defect_type") or "anomaly"
+        image_id = res.images.add_file(ex["image_path"], prefix="known")
+        res.ctx.known_defects.append((image_id, f"'{what}' (memory example {ex['id'][:8]})"))
+    if wants_refs or not res.ctx.reference_ids:
+        return False
+    hard = [e["example"] for e in examples
+            if e["example"]["label"] == "normal" and str(e["example"].get("source") or "").startswith(FEEDBACK_SOURCE)]
+    for ex in hard:
+        res.ctx.reference_ids.append(res.images.add_file(ex["image_path"], prefix="ref"))
+    if hard:
+        res.notes.append(f"{len(hard)} normal example(s) the inspector marked as false alarms joined the references")
+    return bool(hard)
+
 
 def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
     """Retrieve the nearest normals (up to `max_memory_normals`) and, separately, the nearest labelled
@@ -36,6 +67,9 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
             hits += store.nearest(category, query_vec, k=k, label=label, embedding_model=embedder.model_id)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
+    learned = use_inspector_examples(res, examples, wants_refs)
+    if learned:
+        update["reference_ids"] = list(res.ctx.reference_ids)
     if wants_refs:
         normals = [e for e in examples if e["example"]["label"] == "normal"]
         if not normals:

@@ -1,4 +1,4 @@
-"""survey: run the cheap quantitative tools once, before the model speaks."""
+"""survey: run the cheap quantitative tools once, before the model speaks, and fuse their readings."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import time
 
 from agent.runtime import AgentRuntime, mode_note, require_references_or_model
 from agent.state import State
+from agent.survey_fusion import survey_evidence
+from tools.base import ToolError
+from tools.types import Evidence
+
+SURVEY_STAGE = "survey"  # marks the evidence the survey ran (in `Evidence.args["stage"]`)
 
 
 def survey(state: State, *, rt: AgentRuntime) -> dict:
-    """patch_knn with references, CLIP zero-shot otherwise. Their evidence is the model's first reading."""
+    """With references: patch_knn and the complementary tools, fused into one reading (`agent.survey_fusion`);
+    without: CLIP zero-shot. Their evidence is the model's first reading, and the tools-only verdict."""
     start = time.perf_counter()
     res = rt.resources(state["run_id"])
     n_refs = len(res.ctx.reference_ids)
@@ -17,15 +23,28 @@ def survey(state: State, *, rt: AgentRuntime) -> dict:
     require_references_or_model(rt, n_refs, memory_normals, state.get("category"))
     mode = mode_note(res.images, state["query_id"], res.ctx.reference_ids) if n_refs else None
     note = " ".join(n[0].upper() + n[1:] for n in [*res.notes, *([mode] if mode else [])]) or None
-    evidence = []
-    for name in rt.survey_tools(n_refs):
-        ev = rt.run_tool(name, {"image_id": state["query_id"]}, res)
-        if note and ev.score is not None:  # the first scoring evidence carries it into the explanation
+    evidence: list[Evidence] = []
+    names = rt.survey_tools(n_refs)
+    for i, name in enumerate(names):
+        args = {"image_id": state["query_id"]}
+        try:
+            ev = rt.run_tool(name, args, res)
+        except ToolError as exc:
+            if i == 0:  # the base reading has no stand-in: the run fails with its error
+                raise
+            ev = Evidence(tool=name, args=args, error=str(exc), summary=f"{name} failed: {exc}")
+        if len(names) > 1:
+            ev.args = {**ev.args, "stage": SURVEY_STAGE}
+        evidence.append(ev)
+    if len(names) > 1:
+        evidence.append(survey_evidence(evidence, state["query_id"]))
+    for ev in evidence:  # the first scoring evidence carries the notes into the explanation
+        if note and ev.score is not None:
             ev.summary = f"{ev.summary} {note}".strip()
-            note = None
-        evidence.append(ev.model_dump(mode="json"))
+            break
+    dumped = [ev.model_dump(mode="json") for ev in evidence]
     return {
-        "evidence": evidence,
-        "tool_calls": state.get("tool_calls", 0) + len(evidence),
+        "evidence": dumped,
+        "tool_calls": state.get("tool_calls", 0) + len(names),
         "timings": {"survey_ms": (time.perf_counter() - start) * 1000.0},
     }

@@ -1,0 +1,236 @@
+"""Leave-category-out protocol for the survey's defaults: chosen on the other categories, measured on this one.
+
+    python -m evals.bench.survey_scores --fold dev  --out dev.jsonl     # the tools' scores, once
+    python -m evals.bench.survey_scores --fold test --out test.jsonl
+    python -m evals.bench.lco_protocol dev.jsonl test.jsonl             # the table
+
+A user's product is a category nobody tuned on. So for each category C, the candidate with the best mean
+image AUROC on the *other* categories' dev folds (both k, all draws) is chosen, and C's test fold
+measures it. The table gives, per category and k, the test image AUROC of patch_knn alone (today's
+survey), of the plain PatchCore (full bank), and of the fused survey chosen without C, and each
+method's median warm latency per image; then the leave-category-out mean and minimum.
+
+The candidate grid is declared here, before any run (`CANDIDATES`): today's default (patch_knn alone),
+the plain PatchCore, and the survey fusion rules of `agent.survey_fusion` over a small weight grid:
+- ``add``: patch_knn's log-odds plus each other tool's weighted log-odds beyond its edge (one-sided);
+- ``max``: the largest of patch_knn's and the other tools' weighted log-odds;
+- ``mean``: the weighted mean of all log-odds (the old agent.fusion rule, patch_knn weight 1).
+Only candidates within MAX_LATENCY_RATIO (3x) of the plain PatchCore's median latency on dev are chosen.
+Adoption (the issue's rule): the leave-category-out mean rises and no category drops by more than 0.01
+against patch_knn alone or the plain PatchCore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from agent.fusion import _logit
+
+OTHER_TOOLS = ("reference_diff", "parts_check")
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+PC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+MAX_LATENCY_RATIO = 3.0  # a candidate slower than this times the plain PatchCore (median, dev) is not chosen
+ADOPT_DROP = 0.01
+
+
+def _candidates() -> dict[str, tuple]:
+    """name -> (rule, w_reference_diff, w_parts_check, single): `single` counts the other tools at k = 1 too."""
+    out: dict[str, tuple] = {"patch_knn": ("base",), "patchcore": ("patchcore",)}
+    for rule, w_rd, w_pc, single in itertools.product(("add", "max", "mean"), WEIGHTS, PC_WEIGHTS, (False, True)):
+        if w_rd == 0 and w_pc == 0:
+            continue
+        out[f"{rule}(rd={w_rd:g},pc={w_pc:g}{',k1' if single else ''})"] = (rule, w_rd, w_pc, single)
+    return out
+
+
+CANDIDATES = _candidates()
+
+
+def log_odds(row: dict, tool: str) -> float:
+    """The tool's unbounded log-odds on the image, (raw - edge) / spread, from its references' calibration."""
+    from tools.calibration import Z_EDGE, Calibrator
+    from tools.patch_knn import PatchKnn
+
+    meta = row["_set"]
+    raw = row[tool][0]
+    if tool in ("patch_knn", "patchcore"):
+        cal = PatchKnn._calibrate(meta[f"{tool}:normal"], "leave-one-out" if row["k"] >= 2 else "augmented copies")
+    else:
+        center, spread, n = meta[f"{tool}:calibrator"]
+        cal = Calibrator(center, spread, n)
+    return cal.z(raw) - Z_EDGE
+
+
+def fused(rule: tuple, row: dict) -> float:
+    """The candidate's fused log-odds for one image row (a monotone map of its fused score)."""
+    kind = rule[0]
+    if kind == "base":
+        return row["patch_knn"][0]  # raw: the same ranking as its calibrated score, without saturation
+    if kind == "patchcore":
+        return row["patchcore"][0]
+    w = {"reference_diff": rule[1], "parts_check": rule[2]}
+    if row["k"] < 2 and not rule[3]:
+        w = {t: 0.0 for t in w}
+    base = log_odds(row, "patch_knn")
+    others = [(w[t], _logit(row[t][1])) for t in OTHER_TOOLS if t in row and w[t] > 0]
+    if kind == "add":
+        return base + sum(wi * max(0.0, li) for wi, li in others)
+    if kind == "max":
+        return max([base, *(wi * li for wi, li in others)])
+    total = 1.0 + sum(wi for wi, _ in others)
+    return (base + sum(wi * li for wi, li in others)) / total
+
+
+def _auroc(labels, scores) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    return None if labels.min() == labels.max() else float(roc_auc_score(labels, scores))
+
+
+def load(path: Path) -> tuple[dict, dict]:
+    """(images by (category, k, draw), set lines by (category, k, draw))."""
+    images: dict = defaultdict(list)
+    sets: dict = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        key = (row["category"], row["k"], row["draw"])
+        if row["kind"] == "image":
+            images[key].append(row)
+        else:
+            sets[key] = row
+    for key, rows in images.items():
+        for row in rows:
+            row["_set"] = sets[key]
+    return images, sets
+
+
+def table(images: dict) -> dict:
+    """AUROC of every candidate: {(candidate, category, k): mean over draws}."""
+    per: dict = defaultdict(list)
+    for (cat, k, _d), rows in images.items():
+        labels = [r["label"] for r in rows]
+        for name, rule in CANDIDATES.items():
+            a = _auroc(labels, [fused(rule, r) for r in rows])
+            if a is not None:
+                per[(name, cat, k)].append(a)
+    return {key: float(np.mean(v)) for key, v in per.items()}
+
+
+def recall_fpr(images: dict, rule: tuple) -> dict:
+    """Recall and FPR at the default threshold (fused score >= 0.5), {(category, k): (recall, fpr)}."""
+    per: dict = defaultdict(list)
+    for (cat, k, _d), rows in images.items():
+        if rule[0] in ("base", "patchcore"):
+            tool = "patch_knn" if rule[0] == "base" else "patchcore"
+            pred = np.array([r[tool][1] >= 0.5 for r in rows])
+        else:
+            pred = np.array([fused(rule, r) >= 0.0 for r in rows])
+        y = np.array([r["label"] == 1 for r in rows])
+        per[(cat, k)].append((float(pred[y].mean()), float(pred[~y].mean())))
+    return {key: tuple(np.mean(v, axis=0)) for key, v in per.items()}
+
+
+def latency(images: dict, rule: tuple) -> dict:
+    """Median per-image ms of a candidate (the sum of the tools it runs), {(category, k): ms}."""
+    per: dict = defaultdict(list)
+    for (cat, k, _d), rows in images.items():
+        for r in rows:
+            if rule[0] == "patchcore":
+                per[(cat, k)].append(r["patchcore"][2])
+            elif rule[0] == "base":
+                per[(cat, k)].append(r["patch_knn"][2])
+            else:
+                used = ["patch_knn"] + [t for t, w in zip(OTHER_TOOLS, rule[1:3], strict=True) if w > 0]
+                per[(cat, k)].append(sum(r[t][2] for t in used))
+    return {key: statistics.median(v) for key, v in per.items()}
+
+
+def fast_enough(images: dict) -> set[str]:
+    """Candidates whose median latency over `images` is at most MAX_LATENCY_RATIO x the plain PatchCore's."""
+    pc = statistics.median(r["patchcore"][2] for rows in images.values() for r in rows)
+    out = set()
+    for name, rule in CANDIDATES.items():
+        lat = latency(images, rule)
+        if statistics.median(lat.values()) <= MAX_LATENCY_RATIO * pc:
+            out.add(name)
+    return out
+
+
+def choose(dev: dict, cats: list[str], ks, exclude: str | None, allowed: set[str] | None = None) -> str:
+    """The fusion candidate with the best mean dev AUROC over the categories other than `exclude`
+    (among `allowed`, when given)."""
+    best, best_score = None, -1.0
+    for name, rule in CANDIDATES.items():
+        if rule[0] in ("base", "patchcore") or (allowed is not None and name not in allowed):
+            continue
+        vals = [dev[(name, c, k)] for c in cats if c != exclude for k in ks if (name, c, k) in dev]
+        score = float(np.mean(vals))
+        if score > best_score + 1e-12:
+            best, best_score = name, score
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.bench.lco_protocol", description=__doc__.split("\n")[0])
+    parser.add_argument("dev", type=Path, help="survey_scores output of fold dev")
+    parser.add_argument("test", type=Path, help="survey_scores output of fold test")
+    args = parser.parse_args(argv)
+    dev_images, _ = load(args.dev)
+    test_images, test_sets = load(args.test)
+    dev, test = table(dev_images), table(test_images)
+    cats = list(dict.fromkeys(c for c, _, _ in test_images))
+    ks = sorted({k for _, k, _ in test_images})
+    allowed = fast_enough(dev_images)
+    print(f"{len(allowed)} of {len(CANDIDATES)} candidates within {MAX_LATENCY_RATIO:g}x the plain PatchCore's "
+          "median latency on dev")
+    shipped = choose(dev, cats, ks, None, allowed)
+    print(f"candidates: {len(CANDIDATES)}; chosen on every dev category (the shipped default): {shipped}")
+    pix = defaultdict(list)
+    for (cat, k, _d), meta in test_sets.items():
+        for m in ("patch_knn", "patchcore"):
+            if meta.get(f"{m}:pixel_auroc") is not None:
+                pix[(m, cat, k)].append(meta[f"{m}:pixel_auroc"])
+    lat = {name: latency(test_images, CANDIDATES[name]) for name in ("patch_knn", "patchcore")}
+    header = ("category", "k", "LCO choice", "fused", "patch_knn", "PatchCore", "pixel pk (=fused)", "pixel PC",
+              "ms fused", "ms pk", "ms PC", "fused/PC", "pk/PC")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    summary = defaultdict(list)
+    for k in ks:
+        for cat in cats:
+            pick = choose(dev, cats, ks, cat, allowed)
+            f, p, c = test[(pick, cat, k)], test[("patch_knn", cat, k)], test[("patchcore", cat, k)]
+            lf = latency(test_images, CANDIDATES[pick])[(cat, k)]
+            lp, lc = lat["patch_knn"][(cat, k)], lat["patchcore"][(cat, k)]
+            pp = np.mean(pix[("patch_knn", cat, k)]) if pix[("patch_knn", cat, k)] else None
+            pc = np.mean(pix[("patchcore", cat, k)]) if pix[("patchcore", cat, k)] else None
+            summary[k].append((f, p, c))
+            print(f"| {cat} | {k} | {pick} | {f:.3f} | {p:.3f} | {c:.3f} | "
+                  f"{'-' if pp is None else f'{pp:.3f}'} | {'-' if pc is None else f'{pc:.3f}'} | "
+                  f"{lf:.1f} | {lp:.1f} | {lc:.1f} | {lf / lc:.2f}x | {lp / lc:.2f}x |")
+        arr = np.array(summary[k])
+        print(f"| **mean** | {k} | | {arr[:, 0].mean():.3f} | {arr[:, 1].mean():.3f} | {arr[:, 2].mean():.3f} | | | | | | | |")
+        print(f"| **min** | {k} | | {arr[:, 0].min():.3f} | {arr[:, 1].min():.3f} | {arr[:, 2].min():.3f} | | | | | | | |")
+    for k in ks:
+        arr = np.array(summary[k])
+        d_pk, d_pc = arr[:, 0] - arr[:, 1], arr[:, 0] - arr[:, 2]
+        print(f"k={k}: fused - patch_knn mean {d_pk.mean():+.4f} (worst {d_pk.min():+.4f}); "
+              f"fused - PatchCore mean {d_pc.mean():+.4f} (worst {d_pc.min():+.4f})")
+    rf = recall_fpr(test_images, CANDIDATES[shipped])
+    print(f"\nshipped default {shipped} at threshold 0.5, fold test (recall / FPR):")
+    for (cat, k), (r, fp) in sorted(rf.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"  k={k} {cat}: recall {r:.2f} FPR {fp:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

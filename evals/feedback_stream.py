@@ -1,0 +1,191 @@
+"""Streaming evaluation with simulated feedback: do the inspector's corrections make later verdicts better?
+
+    python -m evals.feedback_stream ../shared/data/realsets --fold test --seed 0 --seed 1 --seed 2
+    anomaly-agent eval ROOT --feedback-stream --fold test          # the same, from the CLI
+
+Per category and seed: a run-scoped memory (a temporary folder; the user's memory is never opened) into
+which the category's training normals are imported; then the category's test images of the fold, in
+one fixed order shuffled by the seed, are judged one at a time with ``references="memory"``, tools only.
+Two arms with the same order: **without feedback**, and **with feedback**, where each wrong verdict is
+followed by the truth (`agent.feedback.record_feedback`: a miss becomes a labelled anomaly the tools
+compare with, a false alarm a hard normal, and the category's threshold is refit). A failed item counts
+as wrong and gets no feedback.
+
+Reported per category (macro-averaged over seeds) and pooled: error rate, recall and false-positive rate
+of the first and the second half of the stream, with and without feedback, with 95% Wilson intervals on
+the counts pooled over seeds; and the error curve (running error over the stream) for the HTML report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k / n ((nan, nan) when n = 0)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_stream(category, order, feedback: bool, threads: int, normals: list[str] | None = None) -> list[dict]:
+    """Judge `order` one by one against a fresh run-scoped memory; one row per image."""
+    from agent.api import AnomalyAgent
+    from agent.feedback import record_feedback
+    from memory.importer import TreeItem, import_items
+
+    with tempfile.TemporaryDirectory(prefix="feedback-stream-") as tmp:
+        agent = AnomalyAgent.from_config(backend="none", device="cpu", threads=threads, bank_cache=False,
+                                         memory_path=Path(tmp) / "memory", max_references=32)
+        rt = agent.runtime
+        from memory.store import open_store
+
+        store = open_store(rt.config)
+        items = [TreeItem(Path(p), category.name, "normal", None, None) for p in (normals or category.train_good)]
+        import_items(store, rt.embedder(), items)
+        rt._memory, rt._memory_checked = store, True  # the agent uses this run-scoped store
+        rows = []
+        for sample in order:
+            truth = "anomalous" if sample.label == 1 else "normal"
+            verdict = agent.detect(sample.path, category=category.name, references="memory")
+            ok = verdict.status == "ok"
+            wrong = (not ok) or verdict.pred_label != truth
+            given = ""
+            if feedback and ok and wrong:
+                result = record_feedback(rt, store, sample.path, category.name, truth, verdict.pred_score,
+                                         run_id=f"stream-{len(rows)}", defect_type=sample.defect_type)
+                given = result.message
+            rows.append({"image": Path(sample.path).name, "truth": truth, "pred": verdict.pred_label,
+                         "score": verdict.pred_score, "threshold": verdict.threshold, "status": verdict.status,
+                         "wrong": wrong, "feedback": given})
+        store.close()
+    return rows
+
+
+def half_metrics(rows: list[dict]) -> dict:
+    """Counts and rates of a part of the stream: error, recall (anomalies flagged), FPR (normals flagged)."""
+    n = len(rows)
+    anomalies = [r for r in rows if r["truth"] == "anomalous"]
+    normals = [r for r in rows if r["truth"] == "normal"]
+    caught = sum(1 for r in anomalies if r["pred"] == "anomalous" and r["status"] == "ok")
+    alarms = sum(1 for r in normals if r["pred"] == "anomalous" or r["status"] != "ok")
+    errors = sum(r["wrong"] for r in rows)
+    return {"n": n, "errors": errors, "error": errors / n if n else float("nan"),
+            "n_anomalous": len(anomalies), "caught": caught, "recall": caught / len(anomalies) if anomalies else float("nan"),
+            "n_normal": len(normals), "alarms": alarms, "fpr": alarms / len(normals) if normals else float("nan")}
+
+
+def halves(rows: list[dict]) -> tuple[dict, dict]:
+    mid = len(rows) // 2
+    return half_metrics(rows[:mid]), half_metrics(rows[mid:])
+
+
+def curve(rows: list[dict], window: int = 10) -> list[float]:
+    """Running error rate over the stream (moving window of `window` images)."""
+    out = []
+    for i in range(len(rows)):
+        part = rows[max(0, i - window + 1): i + 1]
+        out.append(sum(r["wrong"] for r in part) / len(part))
+    return out
+
+
+def evaluate(categories, seeds: list[int], threads: int, log=print) -> dict:
+    """Every category x seed x arm; returns {"runs": [...], "table": [...]} (see `main` for the table)."""
+    runs = []
+    for category in categories:
+        for seed in seeds:
+            order = list(category.test)
+            random.Random(seed).shuffle(order)
+            for feedback in (False, True):
+                t0 = time.perf_counter()
+                rows = run_stream(category, order, feedback, threads)
+                first, second = halves(rows)
+                runs.append({"category": category.name, "seed": seed, "feedback": feedback, "rows": rows,
+                             "first": first, "second": second, "curve": curve(rows)})
+                log(f"{category.name} seed {seed} {'with' if feedback else 'without'} feedback: second half error "
+                    f"{second['error']:.3f} recall {second['recall']:.2f} FPR {second['fpr']:.2f} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    return {"runs": runs, "table": summarise(runs)}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per (category, arm): seed-macro-averaged rates of both halves, and Wilson intervals on pooled counts."""
+    import numpy as np
+
+    out = []
+    keys = list(dict.fromkeys((r["category"], r["feedback"]) for r in runs))
+    for cat in [*dict.fromkeys(c for c, _ in keys), "macro"]:
+        for feedback in (False, True):
+            sel = [r for r in runs if (cat == "macro" or r["category"] == cat) and r["feedback"] == feedback]
+            if not sel:
+                continue
+            line = {"category": cat, "feedback": feedback, "seeds": sorted({r["seed"] for r in sel})}
+            for half in ("first", "second"):
+                if cat == "macro":  # mean over categories of the per-category seed means
+                    cats = sorted({r["category"] for r in sel})
+                    for m in ("error", "recall", "fpr"):
+                        line[f"{half}_{m}"] = float(np.nanmean([np.nanmean([r[half][m] for r in sel if r["category"] == c])
+                                                                for c in cats]))
+                else:
+                    for m in ("error", "recall", "fpr"):
+                        line[f"{half}_{m}"] = float(np.nanmean([r[half][m] for r in sel]))
+                errs, n = sum(r[half]["errors"] for r in sel), sum(r[half]["n"] for r in sel)
+                caught, na = sum(r[half]["caught"] for r in sel), sum(r[half]["n_anomalous"] for r in sel)
+                alarms, nn = sum(r[half]["alarms"] for r in sel), sum(r[half]["n_normal"] for r in sel)
+                line[f"{half}_error_ci"] = wilson(errs, n)
+                line[f"{half}_recall_ci"] = wilson(caught, na)
+                line[f"{half}_fpr_ci"] = wilson(alarms, nn)
+            out.append(line)
+    return out
+
+
+def print_table(table: list[dict], fold: str) -> None:
+    print(f"\nfeedback stream, fold {fold}, tools only, references from a run-scoped memory of the category's "
+          "training normals; macro over seeds (95% Wilson intervals on counts pooled over seeds)\n")
+    print("| category | feedback | error 1st half | error 2nd half | recall 2nd half | FPR 2nd half | 2nd/without |")
+    print("|---|---|---|---|---|---|---|")
+    base = {t["category"]: t for t in table if not t["feedback"]}
+    for t in table:
+        def ci(key: str, t: dict = t) -> str:
+            return f"[{t[key][0]:.2f}, {t[key][1]:.2f}]"
+
+        ratio = ""
+        if t["feedback"] and base.get(t["category"], {}).get("second_error"):
+            ratio = f"{t['second_error'] / base[t['category']]['second_error']:.2f}x"
+        print(f"| {t['category']} | {'yes' if t['feedback'] else 'no'} | {t['first_error']:.3f} | "
+              f"{t['second_error']:.3f} {ci('second_error_ci')} | {t['second_recall']:.2f} {ci('second_recall_ci')} | "
+              f"{t['second_fpr']:.2f} {ci('second_fpr_ci')} | {ratio} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from evals.datasets import load_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m evals.feedback_stream", description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="dataset root (e.g. ../shared/data/realsets)")
+    parser.add_argument("--fold", default="test")
+    parser.add_argument("--category", action="append", help="only this category (repeatable)")
+    parser.add_argument("--seed", type=int, action="append", help="stream orders (default 0, 1, 2)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write every row and the table as JSON here")
+    args = parser.parse_args(argv)
+    categories = load_dataset(args.root, categories=args.category, fold=args.fold)
+    result = evaluate(categories, args.seed or [0, 1, 2], args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print_table(result["table"], args.fold)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Per-category operating point: a decision threshold refit from the inspector's labelled verdicts.
+
+Every labelled verdict (feedback "right" or "wrong" on a run: the image's fused score and its true label)
+is recorded per category. The threshold is refit after each one, in log-odds u = logit(t), minimising
+
+    sum_normal softplus((u_i - u) / TAU) + sum_anomalous softplus((u - u_j) / TAU) + PRIOR * (u - u_0)^2
+
+over a fine grid, where u_0 = logit(0.5) is the calibrated edge of normal (the tools' 0.5 means "at the
+edge of what the normal references show"): with few labels the prior holds the threshold near the edge,
+and it moves as labels accumulate. One label moves the threshold by at most `MAX_STEP` nats, so a single
+click never swings the line. The history of every move is kept; removing a label (undo) refits by
+replaying the remaining labels in order, so its effect is reverted exactly.
+
+Stored as one JSON file beside the memory store (`operating_points_path`), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_THRESHOLD = 0.5
+TAU = 0.5  # nats: how soft the error count is around each labelled score
+PRIOR = 0.5  # pull toward the calibrated edge, per nat^2 (about two labels' worth near the edge)
+MAX_STEP = 0.5  # nats one label may move the threshold
+U_RANGE = 6.0  # thresholds searched within logit +- this
+_lock = threading.Lock()
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(u: float) -> float:
+    return 1.0 / (1.0 + math.exp(-u))
+
+
+def _softplus(x: float) -> float:
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def fit_threshold(labelled: list[tuple[str, float]], u0: float = 0.0) -> float:
+    """The threshold (probability) minimising the module's cost over (label, score) pairs."""
+    us = [(label, _logit(score)) for label, score in labelled]
+    best_u, best_cost = u0, float("inf")
+    steps = 481
+    for i in range(steps):
+        u = -U_RANGE + 2 * U_RANGE * i / (steps - 1)
+        cost = PRIOR * (u - u0) ** 2
+        for label, ui in us:
+            cost += _softplus((ui - u) / TAU) if label == "normal" else _softplus((u - ui) / TAU)
+        if cost < best_cost - 1e-12:
+            best_u, best_cost = u, cost
+    return _sigmoid(best_u)
+
+
+def replay(labels: list[dict]) -> tuple[float, list[dict]]:
+    """Thresholds after each label in order, each move bounded by MAX_STEP: (final threshold, history)."""
+    u = _logit(DEFAULT_THRESHOLD)
+    history = []
+    for i, rec in enumerate(labels):
+        target = _logit(fit_threshold([(r["label"], r["score"]) for r in labels[: i + 1]]))
+        new = u + max(-MAX_STEP, min(MAX_STEP, target - u))
+        history.append({"after": rec["id"], "label": rec["label"], "score": rec["score"],
+                        "from": round(_sigmoid(u), 4), "to": round(_sigmoid(new), 4), "at": rec.get("at")})
+        u = new
+    return _sigmoid(u), history
+
+
+@dataclass
+class OperatingPoint:
+    """A category's threshold, how many labels it rests on, and its history (one entry per label)."""
+
+    category: str
+    threshold: float
+    n_normal: int
+    n_anomalous: int
+    history: list[dict]
+
+    @property
+    def refit(self) -> bool:
+        """Does the threshold rest on labels (vs the default)?"""
+        return bool(self.history)
+
+
+class OperatingPoints:
+    """The per-category labels and thresholds in one JSON file (thread-safe within a process; atomic writes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {"categories": {}}
+        except (OSError, ValueError) as exc:
+            msg = f"the operating-point file {self.path} is unreadable ({exc}). Fix: delete it to start over"
+            raise ValueError(msg) from None
+
+    def _write(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".op-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def get(self, category: str) -> OperatingPoint:
+        """The category's operating point (the default threshold when it has no labels)."""
+        labels = self._read()["categories"].get(category, [])
+        threshold, history = replay(labels)
+        return OperatingPoint(category, threshold, sum(r["label"] == "normal" for r in labels),
+                              sum(r["label"] == "anomalous" for r in labels), history)
+
+    def add(self, category: str, example_id: str, label: str, score: float) -> tuple[OperatingPoint, OperatingPoint]:
+        """Record a labelled verdict (replacing an earlier one of the same example): (before, after)."""
+        if label not in ("normal", "anomalous"):
+            msg = f"label must be 'normal' or 'anomalous', got {label!r}"
+            raise ValueError(msg)
+        if not 0.0 <= float(score) <= 1.0:
+            msg = f"score must be in [0, 1], got {score!r}"
+            raise ValueError(msg)
+        with _lock:
+            before = self.get(category)
+            data = self._read()
+            labels = [r for r in data["categories"].get(category, []) if r["id"] != example_id]
+            labels.append({"id": example_id, "label": label, "score": float(score),
+                           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            data["categories"][category] = labels
+            self._write(data)
+            return before, self.get(category)
+
+    def remove(self, example_id: str) -> list[tuple[OperatingPoint, OperatingPoint]]:
+        """Take an example's label out of every category (undo): [(before, after)] per category it was in."""
+        out = []
+        with _lock:
+            data = self._read()
+            for category, labels in data["categories"].items():
+                kept = [r for r in labels if r["id"] != example_id]
+                if len(kept) != len(labels):
+                    before = self.get(category)
+                    data["categories"][category] = kept
+                    self._write(data)
+                    out.append((before, self.get(category)))
+        return out
+
+
+def operating_points_path(memory_path: str | Path | None, memory_host: str | None = None, port: int = 8000) -> Path:
+    """Where a memory's operating points live: beside the embedded store's folder, or per server under the home."""
+    if memory_host:
+        home = Path(os.environ.get("ANOMALY_AGENT_HOME", "~/.cache/anomaly-agent")).expanduser()
+        return home / f"operating-points-{memory_host}-{port}.json"
+    path = Path(memory_path or "~/.cache/anomaly-agent/memory").expanduser()
+    return path.parent / f"{path.name}-operating-points.json"
+
+
+def describe_move(category: str, before: OperatingPoint, after: OperatingPoint) -> str:
+    """"the 'gasket' threshold moved 0.50 -> 0.31" (or stayed)."""
+    if abs(before.threshold - after.threshold) < 0.005:
+        return f"the '{category}' threshold stayed at {after.threshold:.2f}"
+    return f"the '{category}' threshold moved {before.threshold:.2f} -> {after.threshold:.2f}"

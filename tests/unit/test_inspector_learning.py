@@ -1,0 +1,83 @@
+"""Learning from the inspector without a model: known defects raise similar images' scores and are named,
+hard normals join uploaded references, feedback refits the category's threshold and says so, undo reverts."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from tests.agent_fixtures import texture, with_defect, write_set
+from tools.base import ToolContext, ToolSettings
+from tools.images import ImageStore
+from tools.patch_knn import PatchKnn
+
+
+def _faint_defect(pixels: np.ndarray) -> np.ndarray:
+    """The fixture's blob, at a fifth of its contrast: near the edge of normal."""
+    strong = with_defect(pixels).astype(np.float32)
+    return np.clip(pixels + 0.2 * (strong - pixels), 0, 255).astype(np.uint8)
+
+
+def test_a_known_defect_raises_the_score_of_a_similar_patch_and_is_named(tmp_path):
+    store = ImageStore()
+    ctx = ToolContext(store, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    ctx.reference_ids = [store.add_array(texture(i), source=f"ref{i}", prefix="ref") for i in range(3)]
+    query = store.add_array(with_defect(texture(50)), source="query", prefix="query")
+    good = store.add_array(texture(51), source="good", prefix="query")
+    tool = PatchKnn()
+    plain, plain_good = tool.measure(ctx, query), tool.measure(ctx, good)
+    known = store.add_array(with_defect(texture(60)), source="known", prefix="known")
+    ctx.known_defects = [(known, "'blob' (memory example abc12345)")]
+    boosted, boosted_good = tool.measure(ctx, query), tool.measure(ctx, good)
+    assert boosted.raw_score > plain.raw_score * 1.2
+    assert boosted.known is not None and boosted.known.example == "'blob' (memory example abc12345)"
+    assert boosted_good.raw_score < boosted.raw_score / 2  # a normal image is not pulled up with it
+    assert boosted_good.raw_score <= plain_good.raw_score * 1.1
+    out = tool.run({"image_id": query}, ctx)
+    assert "resembles the known defect 'blob'" in out.summary
+
+
+def test_the_known_defect_itself_is_not_boosted_by_its_own_copy(tmp_path):
+    store = ImageStore()
+    ctx = ToolContext(store, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    ctx.reference_ids = [store.add_array(texture(i), source=f"ref{i}", prefix="ref") for i in range(3)]
+    bad = with_defect(texture(70))
+    query = store.add_array(bad, source="query", prefix="query")
+    plain = PatchKnn().measure(ctx, query).raw_score
+    ctx.known_defects = [(store.add_array(bad.copy(), source="same", prefix="known"), "same")]
+    assert PatchKnn().measure(ctx, query).raw_score == plain
+
+
+def test_feedback_through_the_agent_learns_and_undo_reverts(tmp_path):
+    from agent import AnomalyAgent
+    from agent.feedback import record_feedback
+
+    paths = write_set(tmp_path, n_refs=3)
+    faint = tmp_path / "faint.png"
+    Image.fromarray(_faint_defect(texture(102))).save(faint)
+    agent = AnomalyAgent.from_config(backend="none", device="cpu", bank_cache=False, memory_path=tmp_path / "mem")
+    rt = agent.runtime
+    first = agent.detect(faint, category="tile", references=paths["refs"])
+    assert first.status == "ok", first.error
+    from memory.store import open_store
+
+    store = open_store(rt.config)
+    rt._memory, rt._memory_checked = store, True
+    result = record_feedback(rt, store, paths["bad"], "tile", "anomalous", 0.45, run_id="r1", defect_type="blob")
+    assert "stored as a labelled anomaly of 'tile'" in result.message
+    assert "threshold moved 0.50 ->" in result.message and result.threshold_after < 0.5
+    again = agent.detect(faint, category="tile", references=paths["refs"])
+    assert again.threshold == result.threshold_after
+    assert again.threshold_source.startswith("refit for 'tile'")
+    assert again.pred_score > first.pred_score
+    pk = next(e for e in again.evidence if e.tool == "patch_knn")
+    assert "known defect 'blob'" in pk.summary
+    # a configured threshold wins over the refit one
+    fixed = AnomalyAgent.from_config(backend="none", device="cpu", bank_cache=False, memory_path=tmp_path / "mem",
+                                     threshold=0.5)
+    assert fixed.runtime.active_threshold("tile") == (0.5, "configured")
+    # undo: the example leaves memory and its label leaves the threshold
+    store.delete(result.example.id)
+    rt.operating_points().remove(result.example.id)
+    assert rt.active_threshold("tile") == (0.5, "default")
+    store.close()

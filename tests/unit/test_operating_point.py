@@ -1,0 +1,51 @@
+"""The per-category operating point: a prior toward the edge, bounded steps, exact undo."""
+
+from __future__ import annotations
+
+import math
+
+from memory.operating_point import MAX_STEP, OperatingPoints, describe_move, fit_threshold
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_no_labels_is_the_default_threshold(tmp_path):
+    point = OperatingPoints(tmp_path / "op.json").get("gasket")
+    assert point.threshold == 0.5 and not point.refit
+
+
+def test_false_alarms_raise_and_misses_lower_the_threshold(tmp_path):
+    ops = OperatingPoints(tmp_path / "op.json")
+    for i in range(6):
+        ops.add("gasket", f"n{i}", "normal", 0.7)
+    assert ops.get("gasket").threshold > 0.7
+    ops2 = OperatingPoints(tmp_path / "op2.json")
+    for i in range(6):
+        ops2.add("gasket", f"a{i}", "anomalous", 0.3)
+    assert ops2.get("gasket").threshold < 0.3
+
+
+def test_one_label_moves_the_threshold_by_a_bounded_step(tmp_path):
+    ops = OperatingPoints(tmp_path / "op.json")
+    before, after = ops.add("gasket", "x", "normal", 0.9999)
+    assert abs(_logit(after.threshold) - _logit(before.threshold)) <= MAX_STEP + 1e-9
+    assert after.history[-1]["from"] == round(before.threshold, 4)
+
+
+def test_removing_a_label_reverts_its_effect_exactly(tmp_path):
+    ops = OperatingPoints(tmp_path / "op.json")
+    ops.add("gasket", "a", "normal", 0.8)
+    ops.add("gasket", "b", "anomalous", 0.45)
+    kept = ops.get("gasket").threshold
+    ops.add("gasket", "c", "normal", 0.9)
+    assert ops.get("gasket").threshold != kept
+    [(before, after)] = ops.remove("c")
+    assert after.threshold == kept
+    assert "moved" in describe_move("gasket", before, after)
+
+
+def test_the_prior_holds_few_labels_near_the_edge():
+    assert abs(fit_threshold([("normal", 0.55)]) - 0.5) < 0.2
+    assert fit_threshold([("normal", 0.55)] * 20) > 0.55

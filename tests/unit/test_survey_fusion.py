@@ -1,0 +1,53 @@
+"""The survey's fused reading: one-sided, monotone, cites each tool's weight; the final fusion counts it once."""
+
+from __future__ import annotations
+
+import itertools
+
+from agent.fusion import fuse
+from agent.survey_fusion import SurveyTerm, fused_score, survey_evidence, survey_terms
+from tools.types import Evidence
+
+
+def _terms(pk: float, rd: float, pc: float, w: float = 0.5) -> list[SurveyTerm]:
+    return [SurveyTerm("patch_knn", pk, 1.0, "base"), SurveyTerm("reference_diff", rd, w, "r"),
+            SurveyTerm("parts_check", pc, w, "r")]
+
+
+def test_other_tools_within_their_normal_range_change_nothing():
+    assert fused_score(_terms(0.3, 0.1, 0.49)) == fused_score([SurveyTerm("patch_knn", 0.3, 1.0, "base")])
+
+
+def test_a_tool_beyond_its_edge_raises_the_reading():
+    plain = fused_score(_terms(0.3, 0.1, 0.1))
+    assert fused_score(_terms(0.3, 0.95, 0.1)) > plain + 0.1
+
+
+def test_fused_score_is_monotone_in_every_tool():
+    grid = [0.01, 0.2, 0.45, 0.5, 0.55, 0.8, 0.99]
+    for pk, rd, pc in itertools.product(grid, repeat=3):
+        base = fused_score(_terms(pk, rd, pc))
+        for bump in (0.001, 0.1):
+            assert fused_score(_terms(min(pk + bump, 1.0), rd, pc)) >= base
+            assert fused_score(_terms(pk, min(rd + bump, 1.0), pc)) >= base
+            assert fused_score(_terms(pk, rd, min(pc + bump, 1.0))) >= base
+
+
+def test_a_failed_tool_is_listed_not_counted():
+    ev = [Evidence(tool="patch_knn", score=0.2, args={"image_id": "query", "stage": "survey"}),
+          Evidence(tool="reference_diff", error="boom", args={"image_id": "query", "stage": "survey"})]
+    assert [t.tool for t in survey_terms(ev)] == ["patch_knn"]
+    survey = survey_evidence(ev, "query")
+    assert survey.score == fused_score(survey_terms(ev))
+    assert "reference_diff failed (boom)" in survey.summary
+
+
+def test_final_fusion_counts_the_survey_reading_once():
+    parts = [Evidence(tool="patch_knn", score=0.3, args={"image_id": "query", "stage": "survey"}),
+             Evidence(tool="reference_diff", score=0.97, args={"image_id": "query", "stage": "survey"}),
+             Evidence(tool="parts_check", score=0.05, args={"image_id": "query", "stage": "survey"})]
+    survey = survey_evidence(parts, "query")
+    result = fuse([*parts, survey])
+    assert [t.source for t in result.terms] == ["survey"]
+    assert abs(result.score - survey.score) < 1e-9
+    assert "beyond its edge" in survey.summary and "weight 0.5" in survey.summary
