@@ -79,8 +79,9 @@ class Verdict(BaseModel):
         pred_score: fused anomaly score in [0, 1]; the label is `pred_score >= threshold`.
         threshold: the decision threshold used.
         score_source: how the model's part of the score was obtained: "logprobs" (token
-            probabilities), "label" (the model gave no probabilities; its label was used), or "tools"
-            (no model: tools and fusion only).
+            probabilities), "logprobs-partial" (the label tokens carried under half the probability
+            at the label position: a weak reading, at half the model's weight), "label" (the model gave
+            no probabilities; its label was used), or "tools" (no model: tools and fusion only).
         defect_type: short name of the defect ("scratch", "missing part") or None.
         regions: anomalous regions, boxes in original-image pixels.
         explanation: plain words citing the evidence by tool name and number. Never empty when ok.
@@ -100,7 +101,7 @@ class Verdict(BaseModel):
     pred_label: Label | None = None
     pred_score: float | None = Field(None, ge=0.0, le=1.0)
     threshold: float = 0.5
-    score_source: Literal["logprobs", "label", "tools"] = "tools"
+    score_source: Literal["logprobs", "logprobs-partial", "label", "tools"] = "tools"
     defect_type: str | None = None
     regions: list[Region] = Field(default_factory=list)
     explanation: str = ""

@@ -67,7 +67,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         raise
     if answer:
         explanation = cite_fusion(answer["explanation"], result, cfg.threshold)
-        source = "logprobs" if probability is not None else "label"
+        source = answer.get("score_source") or ("logprobs" if probability is not None else "label")
     else:
         explanation = templated_explanation(result, evidence, cfg.threshold)
         source = "tools"
