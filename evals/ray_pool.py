@@ -28,6 +28,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -39,6 +40,8 @@ from tools.maps import float_map_path
 
 RAY_FIX = "Fix: pip install 'anomaly-agent[ray]' (or `pip install ray`), or run without --ray"
 LOCAL_ADDRESSES = ("local", "")
+LOCAL_HOSTS = ("localhost", "127.", "0.0.0.0", "::1", "[::1]")
+CONNECT_TIMEOUT_S = 60.0
 
 
 def import_ray():
@@ -56,7 +59,7 @@ def package_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def connect(address: str | None, num_cpus: int) -> bool:
+def connect(address: str | None, num_cpus: int, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Connect to Ray; True when this call started a local instance (the caller shuts it down).
 
     Args:
@@ -64,6 +67,7 @@ def connect(address: str | None, num_cpus: int) -> bool:
             "auto": the cluster this machine belongs to (``ray start``); ``ray://host:10001``: a
             remote cluster through Ray Client.
         num_cpus: CPUs of a local instance (one per worker).
+        timeout_s: seconds to wait for a cluster to answer (then a one-line `UserInputError`).
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -74,13 +78,129 @@ def connect(address: str | None, num_cpus: int) -> bool:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                  runtime_env={"env_vars": env}, configure_logging=False)
         return True
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        msg = (f"cannot connect to the Ray cluster at {address} ({' '.join(str(exc).split())[:200]}). "
-               "Fix: start it (`ray start --head`), check the address (auto, ray://HEAD:10001), or use bare --ray")
+    fix = "Fix: start it (`ray start --head`), check the address (auto, ray://HEAD:10001), or use bare --ray"
+    result: dict[str, BaseException | None] = {}
+
+    def attempt() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            result["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - reported below, in one line
+            result["error"] = exc
+
+    # ray.init(address=...) has no timeout of its own: a cluster that does not answer blocks it for
+    # minutes (Ray Client retries its gRPC channel). It runs in a daemon thread the driver stops waiting for.
+    thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        msg = f"cannot connect to the Ray cluster at {address}: no answer within {timeout_s:g} s. {fix}"
+        raise UserInputError(msg)
+    exc = result.get("error")
+    if exc is not None:
+        msg = f"cannot connect to the Ray cluster at {address} ({' '.join(str(exc).split())[:200]}). {fix}"
         raise UserInputError(msg) from exc
     return False
+
+
+def _is_local_host(host: str | None) -> bool:
+    host = (host or "").lower()
+    return host == "localhost" or host.endswith(".localhost") or any(host.startswith(p) for p in LOCAL_HOSTS[1:])
+
+
+def other_nodes(address: str | None) -> int:
+    """How many alive nodes of the joined cluster are not this machine (Ray Client: all of them)."""
+    import socket
+
+    ray = import_ray()
+    alive = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+    if address and address.startswith("ray://"):
+        return len(alive)  # the driver runs outside the cluster
+    try:
+        here = {ray.util.get_node_ip_address(), socket.gethostbyname(socket.gethostname()), "127.0.0.1"}
+    except OSError:
+        here = {"127.0.0.1"}
+    return sum(1 for n in alive if n.get("NodeManagerAddress") not in here)
+
+
+def cluster_reach_problems(config, n_other: int) -> list[str]:
+    """What a worker on another node could not reach: a localhost model endpoint, a local memory
+    store, a memory server on localhost. Empty when nothing is wrong (or there are no other nodes)."""
+    from urllib.parse import urlparse
+
+    if n_other == 0:
+        return []
+    problems = []
+    for url in config.base_urls:
+        if _is_local_host(urlparse(url).hostname):
+            problems.append(f"the model endpoint {url} is this machine's localhost. Fix: serve the model on a "
+                            "routable address and pass --base-url http://HOST:8000/v1 (a name or IP every node reaches)")
+    if config.memory_host and _is_local_host(config.memory_host):
+        problems.append(f"memory_host {config.memory_host} is this machine's localhost. Fix: set memory_host "
+                        "(ANOMALY_AGENT_MEMORY_HOST) to a name or IP every node reaches")
+    elif not config.memory_host and Path(config.memory_path).exists():
+        problems.append(f"the memory {config.memory_path} is a folder on this machine. Fix: serve it with a Chroma "
+                        "server and pass --memory server with memory_host (ANOMALY_AGENT_MEMORY_HOST) set, or run "
+                        "without --memory")
+    return problems
+
+
+def check_cluster_reach(config, address: str | None) -> None:
+    """Refuse, in one line, settings that workers on other nodes cannot use (`cluster_reach_problems`).
+
+    Raises:
+        UserInputError: the cluster has other nodes and the config names this machine's resources.
+    """
+    n_other = other_nodes(address)
+    problems = cluster_reach_problems(config, n_other)
+    if problems:
+        msg = f"--ray {address}: the cluster has {n_other} other node(s), and " + "; ".join(problems)
+        raise UserInputError(msg)
+
+
+def code_digest() -> str:
+    """sha256 (16 hex) of this checkout's Python sources (agent, tools, memory, evals, prompts)."""
+    h = hashlib.sha256()
+    root = package_root()
+    for pkg in ("agent", "tools", "memory", "evals", "prompts"):
+        for path in sorted((root / pkg).rglob("*")):
+            if path.suffix in (".py", ".yaml") and path.is_file():
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def worker_identity(config) -> dict[str, Any]:
+    """What must be the same on the driver and on every worker: the package (version and a digest of
+    its sources), the memory (where, and a fingerprint of what it holds) and the model endpoint."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("anomaly-agent")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    if config.memory_host:
+        memory: dict[str, Any] = {"host": config.memory_host, "port": config.memory_port}
+    elif Path(config.memory_path).exists():
+        memory = {"path": str(config.memory_path)}
+    else:
+        memory = {"none": True}
+    if len(memory) > 1 or "path" in memory:
+        from evals.memory_scope import fingerprint
+
+        try:
+            memory.update(fingerprint(config))
+        except UserInputError as exc:
+            memory["error"] = str(exc)
+    return {"version": version, "code": code_digest(), "memory": memory,
+            "endpoint": {"backend": config.backend, "base_url": config.base_urls, "model": config.model}}
+
+
+def identity_mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
+    """'field: driver X, worker Y; ...' for each identity field that differs, or None."""
+    diffs = [f"{k}: driver {expected.get(k)!r}, worker on {got.get('host')} {got.get(k)!r}"
+             for k in ("version", "code", "memory", "endpoint") if expected.get(k) != got.get(k)]
+    return "; ".join(diffs) or None
 
 
 def _digest(data: bytes) -> str:
@@ -122,17 +242,20 @@ class DetectorWorker:
     """
 
     def __init__(self, config, kind: str = "agent", max_reference_sets: int = 32) -> None:
+        self.config = config
         self.detector = build_detector(config, kind)
         self.tmp = Path(tempfile.mkdtemp(prefix="anomaly-agent-worker-"))
         self.max_reference_sets = max_reference_sets
         self._refs: OrderedDict[str, asyncio.Future] = OrderedDict()
 
     def ready(self) -> dict[str, Any]:
-        """Who this worker is (pid, host, backend), once its detector is built."""
+        """Who this worker is, once its detector is built: pid, host, backend, and `worker_identity`
+        (package version and source digest, memory, model endpoint) for the driver to compare."""
         import socket
 
         backend = getattr(self.detector, "backend", None)
-        return {"pid": os.getpid(), "host": socket.gethostname(), "backend": getattr(backend, "name", None)}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "backend": getattr(backend, "name", None),
+                **worker_identity(self.config)}
 
     def cleanup(self) -> None:
         """Remove this worker's temp folder (called before the driver stops it)."""
@@ -257,6 +380,7 @@ class RayPool:
         self._ref_sets: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
         self.staging = Path(tempfile.mkdtemp(prefix="anomaly-agent-maps-"))
         self.info: list[dict] = []
+        self.expected: dict[str, Any] = {}
 
     def prepare(self) -> None:
         """`evals.runner` calls this before judging: start the workers (errors stop the run).
@@ -267,8 +391,8 @@ class RayPool:
         for index, state in enumerate(self.state):
             if state == "starting" and index not in self._starting:
                 try:
-                    self._ray.get(self.actors[index].ready.remote(), timeout=self._startup_timeout_s)
-                    self.state[index] = "up"
+                    info = self._ray.get(self.actors[index].ready.remote(), timeout=self._startup_timeout_s)
+                    self.state[index] = "down" if identity_mismatch(self.expected, info) else "up"
                 except self._ray.exceptions.RayError:
                     self.state[index] = "down"
 
@@ -277,6 +401,12 @@ class RayPool:
         if self.actors:
             return self
         self._started_ray = connect(self._address, max(1, round(self.workers * self._options["num_cpus"])))
+        try:
+            check_cluster_reach(self._args[0], self._address)
+        except UserInputError:
+            self.close()
+            raise
+        self.expected = worker_identity(self._args[0])
         self._remote = self._ray.remote(DetectorWorker).options(**self._options)
         self.actors = [self._remote.remote(*self._args) for _ in range(self.workers)]
         self.info = self._wait_ready(self._startup_timeout_s)
@@ -296,12 +426,21 @@ class RayPool:
                    "--ray-gpus-per-worker, or add nodes")
             raise UserInputError(msg)
         try:
-            return ray.get(refs)
+            infos = ray.get(refs)
         except ray.exceptions.RayError as exc:
             self.close()
             cause = " ".join(str(exc).split())[-300:]
             msg = f"a Ray worker could not build its detector ({cause}). Fix: install anomaly-agent on every node"
             raise UserInputError(msg) from exc
+        for info in infos:
+            mismatch = identity_mismatch(self.expected, info)
+            if mismatch:
+                self.close()
+                msg = (f"a Ray worker does not match the driver ({mismatch}). Fix: install the same anomaly-agent "
+                       "on every node, and give settings every node reaches (a memory server via memory_host, a "
+                       "routable --base-url)")
+                raise UserInputError(msg)
+        return infos
 
     def close(self) -> None:
         """Stop the actors (their temp folders removed), the local Ray this pool started, the staging folder."""
@@ -355,7 +494,9 @@ class RayPool:
     async def _await_ready(self, index: int, actor) -> None:
         ray = self._ray
         try:
-            await asyncio.wait_for(asyncio.wrap_future(actor.ready.remote().future()), self._startup_timeout_s)
+            info = await asyncio.wait_for(asyncio.wrap_future(actor.ready.remote().future()), self._startup_timeout_s)
+            if identity_mismatch(self.expected, info):  # a replacement on a node with another install
+                raise ray.exceptions.RayError("worker identity mismatch")
             if self.actors[index] is actor:
                 self.state[index] = "up"
         except (ray.exceptions.RayError, asyncio.TimeoutError):
