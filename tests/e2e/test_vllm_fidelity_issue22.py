@@ -160,3 +160,26 @@ def test_an_undecodable_image_is_a_400_naming_the_fix():
     assert err.value.status_code == 400
     assert "Failed to load image" in str(err.value) and "valid PNG/JPEG" in str(err.value)
     assert req.rejected and "cannot identify image file" in req.rejected
+
+
+def test_a_cut_answer_in_json_mode_is_reported_as_truncated_not_parsed():
+    from pydantic import BaseModel
+
+    from agent.backends.errors import ModelOutputError
+    from agent.backends.structured import invoke_structured
+
+    class Verdict(BaseModel):
+        label: str
+
+    # a server without json_schema: JSON mode, where the client itself does not refuse a cut answer
+    long = '{"label": "normal"}' + " and more words" * 20
+    with FakeOpenAIServer(script=[{"content": long}, {"content": long}], reject_json_schema=True) as srv:
+        model = build_openai_model(load_config(base_url=srv.base_url, model=srv.models[0], max_retries=0,
+                                               max_tokens=12))
+        with pytest.raises(ModelOutputError) as err:
+            invoke_structured(model, [HumanMessage("judge")], Verdict)
+        bodies = [r.body for r in srv.requests if r.rejected is None and not r.body.get("response_format", {}).get("json_schema")]
+    text = str(err.value)
+    assert "truncated" in text and "finish_reason 'length'" in text
+    assert "Fix: raise max_tokens (ANOMALY_AGENT_MAX_TOKENS)" in text
+    assert bodies and all(b["max_completion_tokens"] == 12 for b in bodies)

@@ -82,3 +82,11 @@ def test_connecting_to_a_cluster_that_does_not_answer_times_out_in_one_line(monk
     text = str(err.value)
     assert text.startswith("cannot connect to the Ray cluster at ray://head.invalid:10001: no answer within 0.3 s.")
     assert "Fix: start it" in text and "\n" not in text
+
+
+def test_a_refused_pool_starts_no_local_ray(two_nodes, tmp_path, monkeypatch):
+    monkeypatch.setattr(ray_pool, "connect", lambda address, num_cpus: False)
+    pool = RayPool(load_config(base_url="http://127.0.0.1:8000/v1", memory_path=tmp_path / "x"), address="auto")
+    with pytest.raises(UserInputError):
+        pool.start()
+    assert not ray.is_initialized()
