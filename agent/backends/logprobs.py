@@ -2,6 +2,11 @@
 
 ``message.response_metadata["logprobs"]`` is ``{"content": [{"token", "logprob", "top_logprobs":
 [{"token", "logprob"}, ...]}, ...]}`` (OpenAI / vLLM). The transformers backend writes the same shape.
+
+Probabilities are the absolute mass at the label's first token (`label_mass`), never renormalised over
+the labels (issue 22): P(anomalous) = P(a) + 0.5 (1 - P(a) - P(n)) (`anomaly_probability`). When the
+label tokens carry under `PARTIAL_COVERAGE` of the mass (`label_coverage`) the reading is weak
+("logprobs-partial").
 """
 
 from __future__ import annotations
