@@ -243,9 +243,9 @@ class OpenAIChatModel(ChatOpenAI):
         return messages
 
     def _delay(self, attempt: int, exc: BaseException) -> float:
-        """Seconds to wait before the next attempt: the server's Retry-After (honoured up to
-        ``request_timeout_s``: a gateway or rate-limited service in front of the model sends it with 429/503), else exponential
-        backoff with jitter, capped at ``max_backoff_s``."""
+        """Seconds to wait before the next attempt: the server's Retry-After, honoured up to
+        ``request_timeout_s`` (a gateway or rate-limited service in front of the model sends it with
+        429/503), else exponential backoff with jitter, capped at ``max_backoff_s``."""
         wait = _retry_after(exc)
         if wait is not None:
             timeout = self.request_timeout if isinstance(self.request_timeout, int | float) else self.max_backoff_s
