@@ -89,6 +89,13 @@ class AgentConfig(BaseSettings):
         "JPEG", description="encoding of images sent to the model (JPEG q90: ~20x faster and ~10x smaller "
         "than PNG; tools always measure on the original pixels)")
     max_new_tokens: int = Field(512, ge=1, description="in-process model: tokens generated per call")
+    # sampling sent with every request to an OpenAI-compatible server: without them vLLM samples with
+    # the model's generation_config (else temperature 1.0) and lets an answer run to the context length
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False,
+                               description="sampling temperature sent to the model server (0: greedy)")
+    seed: int | None = Field(0, description="sampling seed sent to the model server (None: not sent)")
+    max_tokens: int = Field(1024, ge=1, description="most tokens the model server may generate per answer; "
+                            "an answer cut off there is reported as truncated, never read as a label")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     # tools and weights

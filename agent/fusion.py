@@ -193,13 +193,15 @@ def tool_terms(evidence: list[Evidence]) -> list[FusionTerm]:
     ]
 
 
-def model_term(label: str | None, probability: float | None) -> FusionTerm | None:
-    """The model's term: its P(anomalous) from log-probabilities, else its label; "uncertain" at reduced weight."""
+def model_term(label: str | None, probability: float | None, weight_factor: float = 1.0) -> FusionTerm | None:
+    """The model's term: its P(anomalous) from log-probabilities, else its label; "uncertain" at reduced weight.
+    `weight_factor` scales the log-probability weights (0.5 when the label tokens carried under half the mass:
+    `score_source` "logprobs-partial")."""
     if label == "uncertain":
         p = float(probability) if probability is not None else LABEL_PROBABILITY["uncertain"]
-        return FusionTerm("model (uncertain)", p, MODEL_WEIGHT_UNCERTAIN)
+        return FusionTerm("model (uncertain)", p, MODEL_WEIGHT_UNCERTAIN * (weight_factor if probability is not None else 1.0))
     if probability is not None:
-        return FusionTerm("model", float(probability), MODEL_WEIGHT_LOGPROBS)
+        return FusionTerm("model", float(probability), MODEL_WEIGHT_LOGPROBS * weight_factor)
     if label is not None:
         return FusionTerm("model label", LABEL_PROBABILITY[label], MODEL_WEIGHT_LABEL)
     return None
@@ -236,7 +238,7 @@ def _disagreements(best: dict[str, Evidence], label: str | None, p_normal: float
 def fuse(evidence: list[Evidence], model_label: str | None = None,
          model_probability: float | None = None, threshold: float = 0.5, *,
          p_normal: float | None = None, dismiss_confidence: float = DISMISS_CONFIDENCE,
-         query_ids: Collection[str] | None = None) -> FusionResult:
+         query_ids: Collection[str] | None = None, model_weight_factor: float = 1.0) -> FusionResult:
     """Combine tool evidence and the model's answer by the module's formula and policy.
 
     Args:
@@ -247,6 +249,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
         p_normal: the model's P(normal) from log-probabilities, or None.
         dismiss_confidence: the P(normal) the model needs to overrule tools that flag the query.
         query_ids: ids of the query and the images derived from it; None = all evidence is about the query.
+        model_weight_factor: scales the model's log-probability weight (0.5 for "logprobs-partial").
 
     Raises:
         ValueError: when there is nothing to fuse (no scoring tool and no model answer).
@@ -255,7 +258,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
     excluded = tuple(f"{ev.tool} on {evidence_image(ev)} {float(ev.score):.2f}" for ev in other)
     best = best_per_tool(without_survey_parts(on_query))
     t_terms = tool_terms(on_query)
-    m_term = model_term(model_label, model_probability)
+    m_term = model_term(model_label, model_probability, model_weight_factor)
     terms = [*t_terms, *([m_term] if m_term is not None else [])]
     if not terms:
         msg = "nothing to fuse: no tool produced a score on the query image and no model answered"

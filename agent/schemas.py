@@ -81,8 +81,9 @@ class Verdict(BaseModel):
         threshold_source: where it came from: "default", "configured" (a flag, file or environment), or
             "refit for '<category>' from N normal and M anomalous labelled verdict(s)" (`memory.operating_point`).
         score_source: how the model's part of the score was obtained: "logprobs" (token
-            probabilities), "label" (the model gave no probabilities; its label was used), or "tools"
-            (no model: tools and fusion only).
+            probabilities), "logprobs-partial" (the label tokens carried under half the probability
+            at the label position: a weak reading, at half the model's weight), "label" (the model gave
+            no probabilities; its label was used), or "tools" (no model: tools and fusion only).
         defect_type: short name of the defect ("scratch", "missing part") or None.
         regions: anomalous regions, boxes in original-image pixels.
         explanation: plain words citing the evidence by tool name and number. Never empty when ok.
@@ -103,7 +104,7 @@ class Verdict(BaseModel):
     pred_score: float | None = Field(None, ge=0.0, le=1.0)
     threshold: float = 0.5
     threshold_source: str = "default"
-    score_source: Literal["logprobs", "label", "tools"] = "tools"
+    score_source: Literal["logprobs", "logprobs-partial", "label", "tools"] = "tools"
     defect_type: str | None = None
     regions: list[Region] = Field(default_factory=list)
     explanation: str = ""

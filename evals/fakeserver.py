@@ -4,7 +4,10 @@ It serves ``GET /v1/models`` and ``POST /v1/chat/completions`` on 127.0.0.1, rep
 replies (content, tool calls, logprobs; JSON or server-sent events when ``stream`` is set), records what each client sent (the JSON body and the
 decoded ``data:`` images) and injects faults: HTTP errors (500, 429 with ``Retry-After``), slow
 replies (``asyncio.sleep``, so concurrent requests overlap), malformed JSON, invalid tool-call
-arguments, unknown tool names, and rejection of ``response_format`` json_schema with a 400.
+arguments, unknown tool names, tool calls written as Hermes text in the content (a server without a
+tool-call parser, or one whose parser failed: `Reply.tools_as_text`), answers cut at the request's
+``max_completion_tokens`` / ``max_tokens`` (finish_reason "length"), and rejection of ``response_format``
+json_schema with a 400.
 Connection refused is `closed_port_url()`.
 
 Like a vLLM server started by ``anomaly-agent serve-model``, it refuses requests that vLLM refuses,
@@ -27,6 +30,10 @@ vLLM releases sent the same fields flat, with ``"object": "error"``):
   version and chat template (issue #43203: images in "tool" messages rejected; PR #34072: a warning
   for "system" messages), and OpenAI refuses them ("Image URLs are only allowed for messages with
   role 'user'"), so the fake server is strict and answers with OpenAI's wording;
+- an image that cannot be decoded: 400 (vLLM's media loader fails in "Error in preprocessing prompt
+  inputs", vllm/entrypoints/openai/serving_chat.py, issue #28123; `reject_undecodable_images`);
+- an assistant message whose tool-call ``arguments`` are not JSON: 400 (vLLM ``json.loads`` them for the
+  chat template, ``_postprocess_messages`` in vllm/entrypoints/chat_utils.py);
 - ``top_logprobs`` (with ``logprobs``) over ``--max-logprobs`` (vLLM default 20): 400 "Requested sample
   logprobs of N, which is greater than max allowed: M" (vLLM's V1 input processor, ``_validate_logprobs``;
   newer releases append " (parameter=logprobs, value=N)").
@@ -86,6 +93,9 @@ class Reply:
             else ``text/html``, e.g. a proxy's login page).
         usage: overrides the reported token usage.
         omit_logprobs: answer ``"logprobs": null`` even when asked (a server or model without them).
+        tools_as_text: write `tool_calls` into the content as Hermes ``<tool_call>{...}</tool_call>``
+            text and send no ``tool_calls`` (a server without a tool-call parser; with a raw-string
+            `arguments` that is not JSON, the text is what vLLM's hermes parser returns when it fails).
     """
 
     content: str | None = None
@@ -99,6 +109,7 @@ class Reply:
     raw_body: str | None = None
     usage: dict | None = None
     omit_logprobs: bool = False
+    tools_as_text: bool = False
 
     @classmethod
     def of(cls, item: Reply | dict | str) -> Reply:
@@ -206,6 +217,19 @@ def _make_logprobs(reply: Reply, top_n: int) -> list[dict]:
     return entries
 
 
+def hermes_text(calls: list[dict], before: str = "") -> str:
+    """`calls` (``{"name", "arguments"}``) as Qwen/Hermes tool-call text, after `before`. A raw-string
+    ``arguments`` is written as is (invalid JSON stays invalid: vLLM's hermes parser then fails and
+    returns the whole text as content, `Hermes2ProToolParser.extract_tool_calls` in
+    vllm/entrypoints/openai/tool_parsers/hermes_tool_parser.py)."""
+    blocks = []
+    for call in calls:
+        args = call.get("arguments", {})
+        args_text = args if isinstance(args, str) else json.dumps(args)
+        blocks.append(f'<tool_call>\n{{"name": {json.dumps(call["name"])}, "arguments": {args_text}}}\n</tool_call>')
+    return "\n".join(p for p in (before, *blocks) if p)
+
+
 def _last_user_text(body: dict) -> str:
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
@@ -259,6 +283,8 @@ class FakeOpenAIServer:
         check_model: refuse a ``model`` that is not in `models` with vLLM's 404.
         responder: called with the request body when the script is used up (before `default`);
             returns the reply. `inspection_responder` answers the agent and the direct baseline.
+        reject_undecodable_images: answer 400 to a request with an image that cannot be decoded, as
+            vLLM does (needs `decode_images`); off: record the decoding error and answer.
 
     Attributes:
         requests: every chat request received, in arrival order.
@@ -280,6 +306,7 @@ class FakeOpenAIServer:
         enable_auto_tool_choice: bool = True,
         check_model: bool = True,
         responder: Callable[[dict], Reply | dict | str] | None = None,
+        reject_undecodable_images: bool = True,
     ) -> None:
         self._script: deque[Reply] = deque(Reply.of(r) for r in script)
         self.latency_s = latency_s
@@ -292,6 +319,7 @@ class FakeOpenAIServer:
         self.enable_auto_tool_choice = enable_auto_tool_choice
         self.check_model = check_model
         self.responder = responder
+        self.reject_undecodable_images = reject_undecodable_images
         self.requests: list[RecordedRequest] = []
         self.served = 0
         self._port = port
@@ -398,6 +426,16 @@ class FakeOpenAIServer:
             n_images += images
             if self.max_images is not None and n_images > self.max_images:
                 return 400, f"At most {self.max_images} image(s) may be provided in one prompt.", None
+        for i, message in enumerate(body.get("messages") or []):
+            if message.get("role") != "assistant":
+                continue
+            for call in message.get("tool_calls") or []:
+                args = (call.get("function") or {}).get("arguments")
+                if isinstance(args, str) and args:
+                    try:
+                        json.loads(args)
+                    except json.JSONDecodeError as exc:
+                        return 400, f"messages[{i}]: tool call arguments are not JSON: {exc}", "messages"
         top = body.get("top_logprobs")
         if body.get("logprobs") and top is not None and int(top) > self.max_logprobs:
             return 400, f"Requested sample logprobs of {int(top)}, which is greater than max allowed: {self.max_logprobs}", "logprobs"
@@ -420,6 +458,13 @@ class FakeOpenAIServer:
             record.images, record.image_formats = [None] * len(urls), [None] * len(urls)
 
         problem = self.vllm_check(body)
+        if problem is None and self.reject_undecodable_images and self.decode_images:
+            bad = next((img for img in record.images if isinstance(img, str)), None)
+            if bad is not None:
+                # vLLM answers 400 when an image cannot be loaded: the media loader's error surfaces as
+                # "Error in preprocessing prompt inputs" (OpenAIServingChat.create_chat_completion,
+                # vllm/entrypoints/openai/serving_chat.py; vllm-project/vllm issue #28123)
+                problem = 400, f"Failed to load image: {bad}", None
         if problem is not None:
             status, message, param = problem
             record.rejected = message
@@ -495,19 +540,28 @@ class FakeOpenAIServer:
             }
             for i, call in enumerate(reply.tool_calls)
         ]
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        content = reply.content
+        if reply.tools_as_text and reply.tool_calls:
+            content, tool_calls = hermes_text(reply.tool_calls, reply.content or ""), []
+        finish = "tool_calls" if tool_calls else "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        tokens = _tokenize(content or "")
+        if limit and len(tokens) > int(limit):  # cut at max_tokens like any server: finish_reason "length"
+            content, tool_calls, finish = "".join(tokens[: int(limit)]), [], "length"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if tool_calls:
             message["tool_calls"] = tool_calls
         logprobs = None
         if body.get("logprobs") and not reply.omit_logprobs:
-            logprobs = {"content": _make_logprobs(reply, int(body.get("top_logprobs") or 0)), "refusal": None}
+            shown = Reply(content=content, logprobs=reply.logprobs, label_probs=reply.label_probs)
+            logprobs = {"content": _make_logprobs(shown, int(body.get("top_logprobs") or 0)), "refusal": None}
         text_chars = sum(
             len(m["content"]) if isinstance(m.get("content"), str)
             else sum(len(b.get("text", "")) for b in m.get("content") or [] if isinstance(b, dict))
             for m in body.get("messages") or []
         )
         prompt_tokens = text_chars // 4 + 256 * n_images
-        completion_tokens = len(_tokenize(reply.content or "")) + 16 * len(tool_calls)
+        completion_tokens = len(_tokenize(content or "")) + 16 * len(tool_calls)
         usage = reply.usage or {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -523,7 +577,7 @@ class FakeOpenAIServer:
                     "index": 0,
                     "message": message,
                     "logprobs": logprobs,
-                    "finish_reason": "tool_calls" if tool_calls else "stop",
+                    "finish_reason": finish,
                 }
             ],
             "usage": usage,

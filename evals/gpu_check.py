@@ -12,8 +12,18 @@ and writes one compare report (``report RUN --compare ...``: the agent's run wit
 baselines). It stops the server at the end. With ``--base-url`` it uses a server that is already
 running and starts nothing (this is how the test suite runs it, against `evals.fakeserver`).
 
-Exit codes: 0 every run finished and no item failed; 1 an eval failed or items failed (listed);
-2 bad arguments; 3 the server did not start or does not serve the model.
+The image set is fixed and named (`NAMED_SET`, "synthetic-gc1": the synthetic generator with seed 0,
+categories fabric and tray, 100 test images each, 256 px); ``--data`` or smaller ``--n-test`` /
+``--limit`` values run another set, and the output says so. Then the quality gate
+(`evals.quality_gate`) compares the agent's run with tools-only image by image and fails when the
+model configuration's mean image AUROC is below tools-only by more than the bootstrap 95% interval of
+the difference, or when any model verdict lacks log-probabilities (``score_source`` not
+``logprobs``). The table (each run's AUROC and score sources, and the difference with its interval) is
+printed whether the gate passes or fails.
+
+Exit codes: 0 every run finished, no item failed and the quality gate passed; 1 an eval failed or
+items failed (listed); 2 bad arguments; 3 the server did not start or does not serve the model;
+4 the quality gate failed (the reasons are printed under the table).
 
 Output (``--out``, default ``runs/gpu-check``): ``data/`` (the synthetic set), ``openai/``,
 ``none/``, ``direct/`` (run directories), ``serve-model.log`` and the compare report
@@ -33,6 +43,9 @@ from pathlib import Path
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 POLL_S = 2.0
+QUALITY_FAILED = 4
+# the fixed image set the check is judged on: at least 100 test images per category
+NAMED_SET = {"name": "synthetic-gc1", "seed": 0, "categories": "fabric,tray", "n_train": 8, "n_test": 100, "size": 256}
 
 
 class CheckError(RuntimeError):
@@ -95,8 +108,20 @@ def wait_until_serving(base_url: str, model: str | None, timeout_s: float,
 def make_data(out: Path, categories: list[str], n_train: int, n_test: int, size: int) -> Path:
     from evals.synthetic import generate_dataset
 
-    generate_dataset(out, seed=0, categories=categories, n_train=n_train, n_test=n_test, size=size)
+    generate_dataset(out, seed=NAMED_SET["seed"], categories=categories, n_train=n_train, n_test=n_test, size=size)
     return out
+
+
+def set_name(args: argparse.Namespace) -> str:
+    """The named set's name when the arguments generate exactly it, else what they generate instead."""
+    if args.data:
+        return f"custom set {args.data}"
+    chosen = {"categories": args.categories, "n_train": args.n_train, "n_test": args.n_test, "size": args.size}
+    named = {k: NAMED_SET[k] for k in chosen}
+    if chosen == named and args.limit is None:
+        return f"{NAMED_SET['name']} ({NAMED_SET['n_test']} test images per category of {NAMED_SET['categories']})"
+    shown = ", ".join(f"{k} {v}" for k, v in chosen.items()) + (f", limit {args.limit}" if args.limit else "")
+    return f"NOT the named set {NAMED_SET['name']}: synthetic seed {NAMED_SET['seed']}, {shown}"
 
 
 def run_cli(argv: list[str]) -> int:
@@ -158,13 +183,15 @@ def compare_report(dirs: dict[str, Path]) -> Path:
 
 
 def summary(dirs: dict[str, Path]) -> dict[str, dict]:
-    """Each run's backend, served model and mean image AUROC (from metrics.json)."""
+    """Each run's backend, served model, mean image AUROC (from metrics.json) and score sources."""
+    from evals.quality_gate import score_sources
+
     out = {}
     for name, run_dir in dirs.items():
         metrics = json.loads((run_dir / "metrics.json").read_text())
         mean = metrics.get("mean") or {}
         out[name] = {"backend": metrics.get("backend"), "served_model": metrics.get("served_model"),
-                     "image_auroc": mean.get("auroc")}
+                     "image_auroc": mean.get("auroc"), "score_sources": dict(score_sources(run_dir))}
     return out
 
 
@@ -181,10 +208,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--port", type=int, default=8000, help="port for serve-model")
     parser.add_argument("--start-timeout", type=float, default=1800.0, help="seconds to wait for the server")
     parser.add_argument("--data", type=Path, help="dataset root (default: a small synthetic set under --out)")
-    parser.add_argument("--categories", default="fabric,tray", help="synthetic categories (comma-separated)")
-    parser.add_argument("--n-train", type=int, default=4)
-    parser.add_argument("--n-test", type=int, default=8, help="synthetic test images per category")
-    parser.add_argument("--size", type=int, default=256, help="synthetic image side, px")
+    parser.add_argument("--categories", default=NAMED_SET["categories"],
+                        help="synthetic categories (comma-separated; another value leaves the named set)")
+    parser.add_argument("--n-train", type=int, default=NAMED_SET["n_train"])
+    parser.add_argument("--n-test", type=int, default=NAMED_SET["n_test"],
+                        help=f"synthetic test images per category (the named set has {NAMED_SET['n_test']})")
+    parser.add_argument("--size", type=int, default=NAMED_SET["size"], help="synthetic image side, px")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="replicates for the AUROC difference's interval")
     parser.add_argument("--shots", type=int, default=2, help="normal references per query")
     parser.add_argument("--limit", type=int, default=None, help="test images per category")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
@@ -208,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = start_server(model, args.port, log_path, extra)
             wait_until_serving(base_url, model, args.start_timeout, proc, log_path)
         print(f"{base_url} serves {model}", file=sys.stderr, flush=True)
+        print(f"image set: {set_name(args)}", file=sys.stderr, flush=True)
         data = args.data or make_data(out / "data", args.categories.split(","), args.n_train, args.n_test, args.size)
         dirs = run_evals(data, out, base_url, model, args.shots, args.limit)
         html = compare_report(dirs)
@@ -216,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     finally:
         stop_server(proc)
-    for name, row in summary(dirs).items():
-        print(f"{name:>7}: backend {row['backend']}, model {row['served_model']}, image AUROC {row['image_auroc']}")
+    from evals.quality_gate import check_quality, quality_table
+
+    diff, problems = check_quality(dirs["openai"], dirs["none"], n_boot=args.bootstrap)
+    print(f"image set: {set_name(args)}")
+    print(quality_table(summary(dirs), diff))
+    if problems:
+        for problem in problems:
+            print(f"quality: {problem}")
+        print(f"gpu-check failed on quality ({len(problems)} problem(s)). compare report: {html}")
+        return QUALITY_FAILED
     print(f"gpu-check passed. compare report: {html}")
     return 0
 

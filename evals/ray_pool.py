@@ -19,6 +19,10 @@ written twice. A dead actor is replaced by a new one (wherever Ray can place it)
 ``max_replacements`` times per pool; items wait for a replacement only when no actor is up. With none
 left every remaining item fails at once (the runner stops after ``max_consecutive_errors``; rerun
 with ``--resume --retry-errors``).
+
+Before any actor starts, settings that workers on other nodes cannot reach are refused, and every
+actor must report the driver's package, memory and endpoint (`evals.ray_cluster`). Joining a
+cluster gives up after ``CONNECT_TIMEOUT_S`` with one line.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -35,10 +40,12 @@ from typing import Any
 
 from agent.errors import UserInputError
 from agent.schemas import Verdict
+from evals.ray_cluster import check_cluster_reach, identity_mismatch, worker_identity
 from tools.maps import float_map_path
 
 RAY_FIX = "Fix: pip install 'anomaly-agent[ray]' (or `pip install ray`), or run without --ray"
 LOCAL_ADDRESSES = ("local", "")
+CONNECT_TIMEOUT_S = 60.0
 
 
 def import_ray():
@@ -56,7 +63,7 @@ def package_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def connect(address: str | None, num_cpus: int) -> bool:
+def connect(address: str | None, num_cpus: int, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Connect to Ray; True when this call started a local instance (the caller shuts it down).
 
     Args:
@@ -64,6 +71,7 @@ def connect(address: str | None, num_cpus: int) -> bool:
             "auto": the cluster this machine belongs to (``ray start``); ``ray://host:10001``: a
             remote cluster through Ray Client.
         num_cpus: CPUs of a local instance (one per worker).
+        timeout_s: seconds to wait for a cluster to answer (then a one-line `UserInputError`).
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -74,11 +82,27 @@ def connect(address: str | None, num_cpus: int) -> bool:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                  runtime_env={"env_vars": env}, configure_logging=False)
         return True
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        msg = (f"cannot connect to the Ray cluster at {address} ({' '.join(str(exc).split())[:200]}). "
-               "Fix: start it (`ray start --head`), check the address (auto, ray://HEAD:10001), or use bare --ray")
+    fix = "Fix: start it (`ray start --head`), check the address (auto, ray://HEAD:10001), or use bare --ray"
+    result: dict[str, BaseException | None] = {}
+
+    def attempt() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            result["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - reported below, in one line
+            result["error"] = exc
+
+    # ray.init(address=...) has no timeout of its own: a cluster that does not answer blocks it for
+    # minutes (Ray Client retries its gRPC channel). It runs in a daemon thread the driver stops waiting for.
+    thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        msg = f"cannot connect to the Ray cluster at {address}: no answer within {timeout_s:g} s. {fix}"
+        raise UserInputError(msg)
+    exc = result.get("error")
+    if exc is not None:
+        msg = f"cannot connect to the Ray cluster at {address} ({' '.join(str(exc).split())[:200]}). {fix}"
         raise UserInputError(msg) from exc
     return False
 
@@ -122,17 +146,20 @@ class DetectorWorker:
     """
 
     def __init__(self, config, kind: str = "agent", max_reference_sets: int = 32) -> None:
+        self.config = config
         self.detector = build_detector(config, kind)
         self.tmp = Path(tempfile.mkdtemp(prefix="anomaly-agent-worker-"))
         self.max_reference_sets = max_reference_sets
         self._refs: OrderedDict[str, asyncio.Future] = OrderedDict()
 
     def ready(self) -> dict[str, Any]:
-        """Who this worker is (pid, host, backend), once its detector is built."""
+        """Who this worker is, once its detector is built: pid, host, backend, and `worker_identity`
+        (package version and source digest, memory, model endpoint) for the driver to compare."""
         import socket
 
         backend = getattr(self.detector, "backend", None)
-        return {"pid": os.getpid(), "host": socket.gethostname(), "backend": getattr(backend, "name", None)}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "backend": getattr(backend, "name", None),
+                **worker_identity(self.config)}
 
     def cleanup(self) -> None:
         """Remove this worker's temp folder (called before the driver stops it)."""
@@ -257,6 +284,7 @@ class RayPool:
         self._ref_sets: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
         self.staging = Path(tempfile.mkdtemp(prefix="anomaly-agent-maps-"))
         self.info: list[dict] = []
+        self.expected: dict[str, Any] = {}
 
     def prepare(self) -> None:
         """`evals.runner` calls this before judging: start the workers (errors stop the run).
@@ -267,8 +295,8 @@ class RayPool:
         for index, state in enumerate(self.state):
             if state == "starting" and index not in self._starting:
                 try:
-                    self._ray.get(self.actors[index].ready.remote(), timeout=self._startup_timeout_s)
-                    self.state[index] = "up"
+                    info = self._ray.get(self.actors[index].ready.remote(), timeout=self._startup_timeout_s)
+                    self.state[index] = "down" if identity_mismatch(self.expected, info) else "up"
                 except self._ray.exceptions.RayError:
                     self.state[index] = "down"
 
@@ -277,6 +305,12 @@ class RayPool:
         if self.actors:
             return self
         self._started_ray = connect(self._address, max(1, round(self.workers * self._options["num_cpus"])))
+        try:
+            check_cluster_reach(self._args[0], self._address)
+        except UserInputError:
+            self.close()
+            raise
+        self.expected = worker_identity(self._args[0])
         self._remote = self._ray.remote(DetectorWorker).options(**self._options)
         self.actors = [self._remote.remote(*self._args) for _ in range(self.workers)]
         self.info = self._wait_ready(self._startup_timeout_s)
@@ -296,21 +330,31 @@ class RayPool:
                    "--ray-gpus-per-worker, or add nodes")
             raise UserInputError(msg)
         try:
-            return ray.get(refs)
+            infos = ray.get(refs)
         except ray.exceptions.RayError as exc:
             self.close()
             cause = " ".join(str(exc).split())[-300:]
             msg = f"a Ray worker could not build its detector ({cause}). Fix: install anomaly-agent on every node"
             raise UserInputError(msg) from exc
+        for info in infos:
+            mismatch = identity_mismatch(self.expected, info)
+            if mismatch:
+                self.close()
+                msg = (f"a Ray worker does not match the driver ({mismatch}). Fix: install the same anomaly-agent "
+                       "on every node, and give settings every node reaches (a memory server via memory_host, a "
+                       "routable --base-url)")
+                raise UserInputError(msg)
+        return infos
 
     def close(self) -> None:
         """Stop the actors (their temp folders removed), the local Ray this pool started, the staging folder."""
         ray = self._ray
         live = [a for i, a in enumerate(self.actors) if self.state[i] == "up"]
-        try:
-            ray.get([a.cleanup.remote() for a in live], timeout=10)
-        except Exception:  # noqa: BLE001 - a worker that cannot clean up leaves only temp files behind
-            pass
+        if live:  # (`ray.get` with nothing to get would start a local Ray when none is joined)
+            try:
+                ray.get([a.cleanup.remote() for a in live], timeout=10)
+            except Exception:  # noqa: BLE001 - a worker that cannot clean up leaves only temp files behind
+                pass
         for actor in self.actors:
             try:
                 ray.kill(actor)
@@ -355,7 +399,9 @@ class RayPool:
     async def _await_ready(self, index: int, actor) -> None:
         ray = self._ray
         try:
-            await asyncio.wait_for(asyncio.wrap_future(actor.ready.remote().future()), self._startup_timeout_s)
+            info = await asyncio.wait_for(asyncio.wrap_future(actor.ready.remote().future()), self._startup_timeout_s)
+            if identity_mismatch(self.expected, info):  # a replacement on a node with another install
+                raise ray.exceptions.RayError("worker identity mismatch")
             if self.actors[index] is actor:
                 self.state[index] = "up"
         except (ray.exceptions.RayError, asyncio.TimeoutError):

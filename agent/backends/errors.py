@@ -62,6 +62,9 @@ _REJECTION_FIXES: tuple[tuple[re.Pattern, str], ...] = (
      "--tool-call-parser PARSER)"),
     (re.compile(r"role 'user'|user messages? only|only.*user message", re.I),
      "images may only be sent in user messages; please report this as a bug in anomaly-agent"),
+    (re.compile(r"load image|cannot identify image|decode.{0,20}image|image.{0,20}decode", re.I),
+     "the server could not decode an image it was sent; check that the input is a valid PNG/JPEG file and "
+     "that no proxy rewrites the request, or set image_format (ANOMALY_AGENT_IMAGE_FORMAT) to PNG"),
     (re.compile(r"maximum context length|max_model_len|too long", re.I),
      "raise the server's --max-model-len, or lower image_max_side / max_images_per_request"),
 )

@@ -2,7 +2,7 @@
 
 `OpenAIChatModel` is a `ChatOpenAI` that, before each request, merges system messages into one and
 downscales ``data:`` images to ``image_max_side``; it retries connection errors, 429 and 5xx with
-exponential backoff (``Retry-After`` honoured, capped), never retries a timeout (so a call never
+exponential backoff (``Retry-After`` honoured up to ``request_timeout_s``), never retries a timeout (so a call never
 takes much longer than ``request_timeout_s``), and maps every failure to a specific
 `ModelServerError` naming the URL, the cause and the fix. `bind_tools` and
 `with_structured_output` are ChatOpenAI's own.
@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 import httpx
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from agent.backends.errors import (
+    ModelOutputError,
     ModelRateLimitedError,
     ModelRequestRejectedError,
     ModelResponseError,
@@ -123,6 +124,14 @@ def map_error(exc: BaseException, base_url: str, model: str, timeout_s: float, a
         return ModelRequestRejectedError(
             f"{base_url} rejected the request (HTTP {code}): {text.rstrip('.')}. Fix: {fix}", status_code=code, body=text
         )
+    if isinstance(exc, openai.LengthFinishReasonError):
+        # the openai client refuses to parse a structured answer cut at max_tokens: truncated, never read
+        from agent.backends.structured import TRUNCATED
+
+        return ModelOutputError(
+            f"{base_url}: {TRUNCATED}, so it is not read as an answer. Fix: raise max_tokens "
+            "(ANOMALY_AGENT_MAX_TOKENS) or ask for a shorter explanation"
+        )
     if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError) or _raised_while_parsing(exc):
         return ModelResponseError(
             f"{base_url} sent a response that is not a valid chat completion ({type(exc).__name__}: "
@@ -157,6 +166,55 @@ def _retry_after(exc: BaseException) -> float | None:
     return None
 
 
+def tool_calls_from_text(message: AIMessage) -> AIMessage:
+    """`message` with Hermes ``<tool_call>`` text in its content turned into tool calls.
+
+    vLLM returns tool calls as text when its hermes parser fails (the whole output becomes the content,
+    ``Hermes2ProToolParser.extract_tool_calls`` in vllm/entrypoints/openai/tool_parsers/hermes_tool_parser.py)
+    or when the server runs without a tool-call parser. The text is parsed with our own
+    `HermesToolCallParser`: valid calls run, malformed ones become ``invalid_tool_calls`` that the tools
+    node answers with an error, so the model learns its call failed. A message that already has tool
+    calls, or no ``<tool_call>`` text, is returned unchanged.
+    """
+    from agent.backends.structured import message_text
+    from agent.backends.toolcall_parsers import HermesToolCallParser
+
+    if message.tool_calls or message.invalid_tool_calls:
+        return message
+    text = message_text(message)
+    if "<tool_call>" not in text:
+        return message
+    parsed = HermesToolCallParser().parse(text)
+    return message.model_copy(update={
+        "content": parsed.content,
+        "tool_calls": parsed.tool_calls,
+        "invalid_tool_calls": [_sendable_invalid(call) for call in parsed.invalid_tool_calls],
+    })
+
+
+def _sendable_invalid(call: dict) -> dict:
+    """An invalid tool call that the server accepts back in the history: a name and JSON-object
+    arguments (vLLM ``json.loads`` the arguments of every assistant tool call for the chat template,
+    ``_postprocess_messages`` in vllm/entrypoints/chat_utils.py; raw text there is an HTTP 400)."""
+    args = call.get("args")
+    try:
+        ok = isinstance(json.loads(args), dict) if isinstance(args, str) else False
+    except json.JSONDecodeError:
+        ok = False
+    return {**call, "name": call.get("name") or "unparsed_tool_call",
+            "args": args if ok else json.dumps({"unparsed": str(args or "")[:2000]})}
+
+
+def _sendable_history(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """`messages` with every AI message's invalid tool calls made sendable (`_sendable_invalid`)."""
+    out = []
+    for m in messages:
+        if isinstance(m, AIMessage) and m.invalid_tool_calls:
+            m = m.model_copy(update={"invalid_tool_calls": [_sendable_invalid(c) for c in m.invalid_tool_calls]})
+        out.append(m)
+    return out
+
+
 class OpenAIChatModel(ChatOpenAI):
     """`ChatOpenAI` with one system message, bounded image sizes, bounded retries and clear errors.
 
@@ -164,7 +222,8 @@ class OpenAIChatModel(ChatOpenAI):
         image_max_side: ``data:`` images larger than this (pixels, longer side) are downscaled.
         retries: extra attempts after a connection error, 429 or 5xx (the OpenAI client's own
             ``max_retries`` is 0 so that only this policy applies).
-        backoff_s: first backoff; doubles per attempt, +-25% jitter, capped at ``max_backoff_s``.
+        backoff_s: first backoff; doubles per attempt, +-25% jitter, capped at ``max_backoff_s`` (a
+            server's ``Retry-After`` is honoured up to the request timeout instead).
     """
 
     image_max_side: int | None = 1024
@@ -178,15 +237,20 @@ class OpenAIChatModel(ChatOpenAI):
         return "openai-compatible"
 
     def _prepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
-        messages = merge_system_messages(messages)
+        messages = _sendable_history(merge_system_messages(messages))
         if self.image_max_side:
             messages = limit_image_sizes(messages, self.image_max_side)
         return messages
 
     def _delay(self, attempt: int, exc: BaseException) -> float:
+        """Seconds to wait before the next attempt: the server's Retry-After, honoured up to
+        ``request_timeout_s`` (a gateway or rate-limited service in front of the model sends it with
+        429/503), else exponential backoff with jitter, capped at ``max_backoff_s``."""
         wait = _retry_after(exc)
-        if wait is None:
-            wait = self.backoff_s * (2**attempt) * random.uniform(0.75, 1.25)
+        if wait is not None:
+            timeout = self.request_timeout if isinstance(self.request_timeout, int | float) else self.max_backoff_s
+            return max(0.0, min(wait, float(timeout)))
+        wait = self.backoff_s * (2**attempt) * random.uniform(0.75, 1.25)
         return max(0.0, min(wait, self.max_backoff_s))
 
     def _fail(self, exc: BaseException, attempts: int) -> ModelServerError | None:
@@ -330,6 +394,16 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
 
         _, extra["http_client"], extra["http_async_client"] = replica_clients(urls, config.request_timeout_s)
         extra["endpoint_label"] = f"every replica ({', '.join(urls)})"
+    # Sampling (issue 22), checked against vLLM's ChatCompletionRequest (vllm/entrypoints/openai/protocol.py,
+    # vllm-project/vllm): a request without temperature gets the model's generation_config default, else
+    # _DEFAULT_SAMPLING_PARAMS temperature 1.0; without max_tokens / max_completion_tokens (langchain-openai
+    # sends the latter, vLLM reads `max_completion_tokens or max_tokens`) it may generate up to
+    # max_model_len - prompt tokens (`default_max_tokens` in serving_chat.py), so a looping answer runs
+    # until request_timeout_s. `seed` is a ChatCompletionRequest field passed to SamplingParams.
+    extra["temperature"] = config.temperature
+    extra["max_tokens"] = config.max_tokens
+    if config.seed is not None:
+        extra["seed"] = config.seed
     return OpenAIChatModel(
         base_url=urls[0],
         api_key=config.api_key,

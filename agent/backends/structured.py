@@ -91,7 +91,18 @@ def extract_json(text: str) -> Any:
     raise ValueError(msg)
 
 
+TRUNCATED = "the answer was truncated: it hit the max_tokens limit (finish_reason 'length')"
+
+
+def is_truncated(message: BaseMessage) -> bool:
+    """True when the server stopped `message` at the token limit (finish_reason "length")."""
+    return (getattr(message, "response_metadata", None) or {}).get("finish_reason") == "length"
+
+
 def _validate(message: AIMessage, schema: type[BaseModel]) -> BaseModel:
+    if is_truncated(message):
+        # a cut-off answer is never read, even when what came before the cut parses (issue 22)
+        raise _AnswerInvalid(f"{TRUNCATED}; answer in fewer tokens")
     text = message_text(message)
     try:
         data = extract_json(text)
@@ -174,10 +185,12 @@ def _steps(
                 problem = str(exc)
                 if attempt == max_repairs:
                     head = message_text(message)[:200]
+                    fix = ("raise max_tokens (ANOMALY_AGENT_MAX_TOKENS) or ask for a shorter explanation"
+                           if is_truncated(message) else
+                           "use a stronger model or a server with structured output (vLLM), or check the prompt")
                     msg = (
                         f"the model's answer does not validate against {schema.__name__} after "
-                        f"{max_repairs} repair turn(s) ({mode} mode): {problem}. It began: {head!r}. "
-                        "Fix: use a stronger model or a server with structured output (vLLM), or check the prompt"
+                        f"{max_repairs} repair turn(s) ({mode} mode): {problem}. It began: {head!r}. Fix: {fix}"
                     )
                     raise ModelOutputError(msg) from None
             request = [

@@ -159,6 +159,7 @@ def register(app: typer.Typer) -> None:
         base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM)."),
         model: str | None = typer.Option(None, "--model", help="Model id served at --base-url."),
         baseline: str | None = typer.Option(None, "--baseline", help="'direct': one yes/no prompt with the references, no tools, no memory."),
+        memory: str | None = typer.Option(None, "--memory", help="Memory the agent reads: a store folder, or 'server' (the configured memory_host). Default: the run's own, empty unless --anomaly-shots. An example with the query's own pixels is never retrieved."),
         concurrency: int = typer.Option(4, "--concurrency", "-j", help="Images in flight at once (with --ray: per worker)."),
         ray: str | None = typer.Option(None, "--ray", help="Run the items on Ray actors: bare --ray (or 'local') starts a local Ray with --workers CPUs; 'auto' joins this machine's cluster; ray://HEAD:10001 a remote one. Needs `pip install 'anomaly-agent[ray]'`."),
         workers: int | None = typer.Option(None, "--workers", help="With --ray: actors, each holding one warm agent (default 2)."),
@@ -198,13 +199,18 @@ def register(app: typer.Typer) -> None:
                    "Fix: run without --ray, or with --anomaly-shots 0")
             raise UserInputError(msg)
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model)
+        from evals.memory_scope import describe, eval_memory
+
+        # the memory the run reads, and its identity (hashed: --resume never mixes memory contents)
+        cfg, memory_identity = eval_memory(cfg, memory, anomaly_shots)
         categories = load_dataset(root, layout=layout, categories=category, fold=fold)
         prompt_names = ["direct_baseline"] if baseline == "direct" else ["agent"]
         phash = prompt_set_hash(prompt_names)
-        chash = config_hash(cfg.masked(), spec, phash)
+        chash = config_hash({**cfg.masked(), "memory": memory_identity}, spec, phash)
         run_dir = out or default_run_dir(root, f"{root.expanduser().absolute()}|{chash}|{fold or ''}")
-        if anomaly_shots:
-            # the labelled anomalies go into the run's own stores (one per repeat), not the user's memory
+        if memory is None:
+            # the run's own store (repeat 0's; `memory_for_repeat_factory` makes one per repeat): it
+            # exists only when --anomaly-shots put labelled anomalies there, else the agent reads none
             cfg = cfg.model_copy(update={"memory_path": repeat_memory_path(run_dir, 0)})
         err = Console(stderr=True)
         if baseline == "direct":
@@ -225,7 +231,9 @@ def register(app: typer.Typer) -> None:
         fold_note = f", fold {fold}" if fold else ""
         err.print(f"eval: {len(categories)} categories, {n_test} test images{fold_note}, {shots} shots, {note}")
         err.print(f"run directory: {run_dir}")
-        run_config = resolved_config(cfg, detector.backend)
+        if baseline != "direct":
+            err.print(describe(memory_identity))
+        run_config = {**resolved_config(cfg, detector.backend), "memory": memory_identity}
         if resume:
             check_resume_backend(run_dir, run_config, detector.backend.reason)
         per_repeat_memory = memory_for_repeat_factory(cfg, run_dir, detector) if anomaly_shots else None

@@ -43,15 +43,29 @@ def _prepare(state: State, rt: AgentRuntime):
 
 
 def _answer(state: State, new: list, prompt: HumanMessage, result, start: float, drops: dict) -> dict:
-    from agent.backends.logprobs import anomaly_probability, label_distribution
+    from agent.backends.logprobs import (
+        PARTIAL_COVERAGE,
+        anomaly_probability,
+        label_coverage,
+        label_mass,
+    )
 
     parsed: ModelVerdict = result.parsed
     answer = parsed.model_dump(mode="json")
-    dist = label_distribution(result.message)
-    # P(anomalous) = P(a) + 0.5 P(u) over the three labels; P(normal) decides whether it may dismiss tools
-    answer["label_probs"] = dist
-    answer["probability"] = anomaly_probability(dist) if dist else None
-    answer["p_normal"] = dist["normal"] if dist else None
+    mass = label_mass(result.message)
+    # absolute P(label) at the label token, never renormalised over the labels (issue 22):
+    # P(anomalous) = P(a) + 0.5 (1 - P(a) - P(n)); P(normal) decides whether it may dismiss tools
+    answer["label_probs"] = mass
+    answer["probability"] = anomaly_probability(mass) if mass else None
+    answer["p_normal"] = mass["normal"] if mass else None
+    answer["label_coverage"] = label_coverage(mass) if mass else None
+    if mass is None:
+        answer["score_source"], answer["weight_factor"] = "label", 1.0
+    elif answer["label_coverage"] < PARTIAL_COVERAGE:
+        # the label tokens carry under half the mass: a weak reading, at half the model's weight in fusion
+        answer["score_source"], answer["weight_factor"] = "logprobs-partial", 0.5
+    else:
+        answer["score_source"], answer["weight_factor"] = "logprobs", 1.0
     answer["repaired"] = bool(result.repaired)
     update = {"messages": [*new, prompt, result.message], "model_answer": answer, **usage_update(state, result.message)}
     update.update(drops)

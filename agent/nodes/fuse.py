@@ -64,7 +64,8 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     on_query = query_lineage(res.images, state["query_id"])
     try:
         result = fuse_scores(evidence, label, probability, threshold, p_normal=(answer or {}).get("p_normal"),
-                             dismiss_confidence=cfg.dismiss_confidence, query_ids=on_query)
+                             dismiss_confidence=cfg.dismiss_confidence, query_ids=on_query,
+                             model_weight_factor=float((answer or {}).get("weight_factor", 1.0)))
     except ValueError:
         if state.get("model_error"):
             from agent.backends.errors import ModelOutputError
@@ -73,7 +74,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         raise
     if answer:
         explanation = cite_fusion(answer["explanation"], result, threshold)
-        source = "logprobs" if probability is not None else "label"
+        source = answer.get("score_source") or ("logprobs" if probability is not None else "label")
     else:
         first = headline(result, query_evidence_for_fusion(evidence, on_query), threshold, width=query.width,
                          height=query.height, n_references=len(res.ctx.reference_ids), category=state.get("category"))

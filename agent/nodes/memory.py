@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from functools import lru_cache
 
 from agent.errors import UserInputError
 from agent.runtime import AgentRuntime
@@ -40,6 +42,25 @@ def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
     return bool(hard)
 
 
+@lru_cache(maxsize=4096)
+def example_pixel_digest(example_id: str, image_path: str, max_pixels: int) -> str | None:
+    """sha256 of a memory example's decoded RGB pixels (the query's `StoredImage.digest` form), or None
+    when its image cannot be read. Cached by example id: the id is the hash of the file's bytes."""
+    from tools.images import load_image
+
+    try:
+        return hashlib.sha256(load_image(image_path, max_pixels).tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - an unreadable example is judged by its id alone
+        return None
+
+
+def not_the_query(hits: list, query_digest: str, max_pixels: int, k: int) -> list:
+    """The first `k` hits whose image is not the query's own pixels (issue 22: a test image that
+    feedback or ``memory import --with-anomalies`` put into memory is never shown back as an example)."""
+    kept = [(ex, sim) for ex, sim in hits if example_pixel_digest(ex.id, ex.image_path, max_pixels) != query_digest]
+    return kept[:k]
+
+
 def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
     """Retrieve the nearest normals (up to `max_memory_normals`) and, separately, the nearest labelled
     anomalies (up to `max_memory_anomalies`) of the category, and its notes; with references="memory",
@@ -59,12 +80,17 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
         return {"memory_examples": [], "notes": "", "timings": {"memory_ms": 0.0}}
     res = rt.resources(state["run_id"])
     embedder = rt.embedder()
-    query_vec = embedder.embed(res.images.get(state["query_id"]).pixels)
+    query = res.images.get(state["query_id"])
+    query_vec = embedder.embed(query.pixels)
     hits = []  # stays empty when no example of this category is embedded by this model
     if embedder.model_id in store.embedding_models(category):
         # by label, each with its own cap: a few hundred imported normals never crowd out the labelled anomalies
         for label, k in (("normal", rt.config.max_memory_normals), ("anomalous", rt.config.max_memory_anomalies)):
-            hits += store.nearest(category, query_vec, k=k, label=label, embedding_model=embedder.model_id)
+            if k <= 0:
+                continue
+            # one more than needed: the query's own image, when stored, is the nearest and is left out
+            near = store.nearest(category, query_vec, k=k + 1, label=label, embedding_model=embedder.model_id)
+            hits += not_the_query(near, query.digest, rt.config.max_image_pixels, k)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
     learned = use_inspector_examples(res, examples, wants_refs)

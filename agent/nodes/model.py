@@ -52,6 +52,9 @@ def _prepare(state: State, rt: AgentRuntime):
 
 
 def _finish(state: State, new: list, reply: AIMessage, start: float, drops: dict) -> dict:
+    from agent.backends.openai_backend import tool_calls_from_text
+
+    reply = tool_calls_from_text(reply)  # Hermes text a server returned as content (issue 22)
     update = {"messages": [*new, reply], **usage_update(state, reply), **drops}
     update["timings"] = {"model_ms": state.get("timings", {}).get("model_ms", 0.0) + (time.perf_counter() - start) * 1000.0}
     return update

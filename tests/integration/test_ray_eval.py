@@ -159,3 +159,29 @@ def test_workers_that_cannot_start_stop_the_run_with_one_error(cluster, synth, t
                  progress=False, n_boot=0)
     pool.close()
     assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text()
+
+
+def test_the_driver_refuses_workers_that_do_not_match_it(cluster, tmp_path, monkeypatch):
+    import evals.ray_pool as ray_pool
+
+    agent = AnomalyAgent.from_config(backend="none", memory_path=tmp_path / "memory")
+    real = ray_pool.worker_identity
+    # the driver expects another package version: the (real) workers report theirs, which differs
+    monkeypatch.setattr(ray_pool, "worker_identity", lambda cfg: {**real(cfg), "version": "0.0.0-driver"})
+    pool = RayPool(agent.config, workers=1, startup_timeout_s=60, backend=agent.backend)
+    with pytest.raises(UserInputError) as err:
+        pool.start()
+    text = str(err.value)
+    assert "a Ray worker does not match the driver (version: driver '0.0.0-driver', worker on" in text
+    assert "Fix: install the same anomaly-agent on every node" in text and "\n" not in text
+    assert pool.actors == []  # stopped
+
+
+def test_workers_report_version_memory_and_endpoint(cluster, tmp_path):
+    agent = AnomalyAgent.from_config(backend="none", memory_path=tmp_path / "memory")
+    with RayPool(agent.config, workers=1, startup_timeout_s=60, backend=agent.backend) as pool:
+        pool.start()
+        (info,) = pool.info
+    assert {"version", "code", "memory", "endpoint"} <= set(info)
+    assert info["memory"] == {"none": True} and info["endpoint"]["backend"] == "none"
+    assert info["code"] == pool.expected["code"]
