@@ -740,6 +740,7 @@ class PatchKnn(Tool):
             score=float(res.score),  # unrounded: rounding makes strong anomalies tie (AUROC needs the order)
             raw_score=float(res.raw_score),
             normal_ratio=_ratio(res.raw_score, bank.calibrator.center),
+            log_odds=bank.calibrator.log_odds(res.raw_score),
             regions=regions,
             summary=summary,
             map_path=map_path,
