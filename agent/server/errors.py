@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,6 +23,15 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    async def send_asgi(self, send) -> None:
+        """Answer from ASGI middleware and close the connection (a body the client still sends stays unread)."""
+        payload = json.dumps(self.body()).encode()
+        extra = [(k.lower().encode(), str(v).encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()), (b"connection", b"close"), *extra]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def split_fix(text: str) -> tuple[str, str]:
