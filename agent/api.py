@@ -59,6 +59,36 @@ class ChatReply(BaseModel):
     turn: int = 1
 
 
+class _StreamedRun:
+    """What a streamed detection has seen so far: the last state, the reference count, a failure."""
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+        self.error: BaseException | None = None
+        self.n_refs = 0
+
+    def events(self, mode: str, chunk: Any, runtime) -> list[dict]:
+        """The step events of one LangGraph stream item (``stream_mode=["updates", "values"]``)."""
+        from agent.events import step_events
+
+        if mode == "values":
+            self.state = chunk
+            return []
+        out: list[dict] = []
+        for node, update in chunk.items():
+            if isinstance(update, dict) and update.get("reference_ids") is not None:
+                self.n_refs = len(update["reference_ids"])
+            out += step_events(node, update)
+            if node == "retrieve_memory":
+                out.append({"type": "survey_started", "tools": runtime.survey_tools(self.n_refs)})
+        return out
+
+    def final_error(self) -> BaseException | None:
+        if self.error is None and (self.state is None or not self.state.get("verdict")):
+            return RuntimeError("the graph ended without a verdict")
+        return self.error
+
+
 class AnomalyAgent:
     """Detect anomalies in images with tools, memory and (optionally) a multimodal model."""
 
@@ -171,32 +201,39 @@ class AnomalyAgent:
         """`adetect`, yielding the agent's steps as they happen (`agent.events.step_events`), then
         ``{"type": "verdict", "verdict": Verdict}`` last. Failures end in an error verdict as in
         `detect`; cancelling the iteration frees the run's resources."""
-        from agent.events import step_events
-
         started = time.perf_counter()
         state_in, run_id = self._input(image, category, references, question)
-        state, error, n_refs = None, None, 0
+        run = _StreamedRun()
         try:
             async for mode, chunk in self.graph.astream(state_in, self._config(run_id),
                                                         stream_mode=["updates", "values"]):
-                if mode == "values":
-                    state = chunk
-                    continue
-                for node, update in chunk.items():
-                    if isinstance(update, dict) and update.get("reference_ids") is not None:
-                        n_refs = len(update["reference_ids"])
-                    for event in step_events(node, update):
-                        yield event
-                    if node == "retrieve_memory":
-                        yield {"type": "survey_started", "tools": self.runtime.survey_tools(n_refs)}
+                for event in run.events(mode, chunk, self.runtime):
+                    yield event
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
-            error = exc
+            run.error = exc
         except BaseException:
             self.runtime.end_run(run_id)
             raise
-        if error is None and (state is None or not state.get("verdict")):
-            error = RuntimeError("the graph ended without a verdict")
-        yield {"type": "verdict", "verdict": self._finish(state, run_id, image, category, started, trace_dir, error)}
+        yield {"type": "verdict", "verdict": self._finish(run.state, run_id, image, category, started, trace_dir,
+                                                          run.final_error())}
+
+    def stream_detect(self, image: str | Path | bytes, category: str | None = None,
+                      references: list[str | Path] | str | Path | None = None, question: str | None = None,
+                      trace_dir: str | Path | None = None) -> Iterator[dict]:
+        """`astream_detect` in the calling thread (as `detect` runs): the steps, then the verdict last."""
+        started = time.perf_counter()
+        state_in, run_id = self._input(image, category, references, question)
+        run = _StreamedRun()
+        try:
+            for mode, chunk in self.graph.stream(state_in, self._config(run_id), stream_mode=["updates", "values"]):
+                yield from run.events(mode, chunk, self.runtime)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
+            run.error = exc
+        except BaseException:
+            self.runtime.end_run(run_id)
+            raise
+        yield {"type": "verdict", "verdict": self._finish(run.state, run_id, image, category, started, trace_dir,
+                                                          run.final_error())}
 
     # chat ----------------------------------------------------------------------------------------
     def _chat_graph(self):

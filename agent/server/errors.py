@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -40,6 +43,13 @@ def split_fix(text: str) -> tuple[str, str]:
     return (cause.rstrip(". ") or text, fix.rstrip(".")) if sep else (text, "")
 
 
+def internal_error(exc: BaseException) -> ApiError:
+    """A 500 for an unexpected exception: its type only (no message, traceback or path; those go to the log)."""
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return ApiError(500, "internal", f"an unexpected error ({type(exc).__name__}) stopped the request",
+                    "retry; if it happens again, report it with the server log (it has the details)")
+
+
 _HTTP_FIX = {
     404: "check the URL; see /docs for the API",
     405: "check the HTTP method; see /docs for the API",
@@ -48,7 +58,8 @@ _HTTP_FIX = {
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers: ApiError, FastAPI's validation errors and plain HTTP errors, all as JSON."""
+    """Register the handlers: ApiError, FastAPI's validation errors, plain HTTP errors and unexpected exceptions,
+    all as JSON."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -64,3 +75,7 @@ def install(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return ApiError(exc.status_code, "http_error", str(exc.detail),
                         _HTTP_FIX.get(exc.status_code, "see /docs for the API"), dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        return internal_error(exc).response()

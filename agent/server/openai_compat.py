@@ -27,7 +27,7 @@ from agent.server.errors import ApiError
 from agent.server.routes_sessions import DEFAULT_QUESTION, run_turn
 from agent.server.sse import SSE_HEADERS, chunks
 from agent.server.state import ServerState, server_state
-from agent.server.uploads import check_image, decode_data_url
+from agent.server.uploads import decode_data_url
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MODEL = "anomaly-agent"
@@ -126,7 +126,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: ServerSta
     first = None
     if n_users == 1 or not session or not (state.sessions_dir / session / "meta.json").is_file():
         data = decode_data_url(image_url)
-        ext = check_image(data, "image", state.config)
+        ext = (await state.check_images([(data, "image")]))[0]
         session = uuid.uuid4().hex[:12]
         folder = state.sessions_dir / session
         folder.mkdir(parents=True)

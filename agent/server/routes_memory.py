@@ -48,7 +48,7 @@ async def stats(state: ServerState = Depends(server_state)):
 async def add_example(request: Request, state: ServerState = Depends(server_state)):
     store = state.memory()
     form = await read_form(request, max_files=2)
-    upload = (await images_field(form, "image", state.config, 1))[0]
+    upload = (await images_field(form, "image", state, 1))[0]
     category = text_field(form, "category", 200)
     label = text_field(form, "label", 20)
     if not category:

@@ -5,7 +5,6 @@ do (LangGraph SqliteSaver at `sessions_path`); the image and a transcript live u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from agent.server.errors import ApiError, split_fix
+from agent.server.errors import ApiError, internal_error, split_fix
 from agent.server.forms import images_field, read_form, references_field, text_field
 from agent.server.sse import SSE_HEADERS, chunks, sse, wants_stream
 from agent.server.state import ServerState, server_state
@@ -111,31 +110,23 @@ async def turn(request: Request, state: ServerState, session: str, message: str,
     if not wants_stream(request):
         return reply_body(await run_turn(state, session, message, first))
     deadline = time.monotonic() + state.settings.request_timeout_s
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def emit(event):
-        loop.call_soon_threadsafe(queue.put_nowait, event)
-
-    state.admission.check()  # 503 now, as a status, not inside the stream
-    job = asyncio.ensure_future(state.run_blocking(_call(state, session, message, first, emit), deadline))
-    job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
+    state.admission.check()  # 503 now, as a status; the slot itself is taken inside the stream
 
     async def stream():
         yield sse("started", {"session": session})
-        while True:
-            event = await queue.get()
-            if event is None:
-                break
-            yield sse(event["type"], event)
+        reply = None
         try:
-            reply = job.result()
+            async for event in state.stream_blocking(lambda emit: _call(state, session, message, first, emit)(),
+                                                     deadline):
+                if event["type"] == "result":
+                    reply = event["value"]
+                else:
+                    yield sse(event["type"], event)
         except ApiError as exc:
             yield sse("error", exc.body())
             return
-        except Exception as exc:  # noqa: BLE001 - reported in the stream, the response has started
-            yield sse("error", {"error": {"type": "internal", "message": f"{type(exc).__name__}: {exc}",
-                                          "fix": "this is a bug: report it with the server log", "status": 500}})
+        except Exception as exc:  # noqa: BLE001 - the response has started: said in the stream
+            yield sse("error", internal_error(exc).body())
             return
         for piece in chunks(reply.answer):
             yield sse("answer_delta", {"text": piece})
@@ -160,7 +151,7 @@ async def start_session(request: Request, state: ServerState = Depends(server_st
         category = meta.get("category")
         references = "memory" if meta.get("references") == "memory" else meta.get("reference_paths")
     else:
-        uploads = await images_field(form, "image", state.config, 1)
+        uploads = await images_field(form, "image", state, 1)
         data, ext, name = uploads[0].data, uploads[0].ext, uploads[0].name
         category = text_field(form, "category", 200)
         references, _ = await references_field(form, state)
