@@ -75,12 +75,15 @@ def create_app(settings: ServeSettings | None = None, config: AgentConfig | None
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Weights loaded; the model endpoint reachable or tools-only stated")
-    async def readyz(st: ServerState = Depends(server_state)):
-        endpoint = await st.endpoint_status() if st.agent is not None else {}
-        body = {"ready": st.ready and not st.problem, "problem": st.problem, **endpoint,
-                "workers": settings.workers, "queue": settings.queue,
-                "running": st.admission.running, "waiting": st.admission.waiting}
-        if not body["ready"]:
+    async def readyz(request: Request, st: ServerState = Depends(server_state)):
+        ready = st.ready and not st.problem
+        if settings.api_key and not bearer_ok(request.headers.get("authorization"), settings.api_key):
+            body = {"ready": ready}  # the details (endpoint, the warm-up error) need the key
+        else:
+            endpoint = await st.endpoint_status() if st.agent is not None else {}
+            body = {"ready": ready, "problem": st.problem, **endpoint, "workers": settings.workers,
+                    "queue": settings.queue, "running": st.admission.running, "waiting": st.admission.waiting}
+        if not ready:
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
 

@@ -62,7 +62,10 @@ def install(app: FastAPI) -> None:
     all as JSON."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        redactor = getattr(getattr(request.app.state, "server", None), "redactor", None)
+        if redactor is not None:  # no server folder in an error (texts from the agent may name one)
+            exc.message, exc.fix = redactor.text(exc.message), redactor.text(exc.fix)
         return exc.response()
 
     @app.exception_handler(RequestValidationError)

@@ -149,7 +149,7 @@ async def _stream(state: ServerState, jobs: list[_Job], deadline: float):
             else:
                 yield sse(event["type"], event)
     except ApiError as exc:  # 503/504 after the response started: said in the stream
-        yield sse("error", exc.body())
+        yield sse("error", state.redactor.json(exc.body()))
     except Exception as exc:  # noqa: BLE001 - the response has started: said in the stream
         yield sse("error", internal_error(exc).body())
 

@@ -38,7 +38,7 @@ async def stats(state: ServerState = Depends(server_state)):
 
     def read():
         data = store.stats()
-        return {"store": store.location,
+        return {"store": "chroma server" if state.config.memory_host else "local",
                 "categories": {c: {**row, "embedding_models": store.embedding_models(c)} for c, row in data.items()}}
 
     return await asyncio.to_thread(read)

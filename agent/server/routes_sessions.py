@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from agent.server.errors import ApiError, internal_error, split_fix
 from agent.server.forms import images_field, read_form, references_field, text_field
+from agent.server.redact import public_verdict
 from agent.server.sse import SSE_HEADERS, chunks, sse, wants_stream
 from agent.server.state import ServerState, server_state
 
@@ -65,9 +66,13 @@ def transcript(folder) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def reply_body(reply) -> dict:
-    return {"session": reply.session, "answer": reply.answer, "turn": reply.turn,
-            "verdict": reply.verdict.model_dump(mode="json") if reply.verdict else None}
+def reply_body(state: ServerState, reply) -> dict:
+    """A chat reply as JSON: the verdict without server paths (`public_verdict`)."""
+    meta_path = state.sessions_dir / reply.session / "meta.json"
+    name = json.loads(meta_path.read_text()).get("image") if meta_path.is_file() else None
+    verdict = public_verdict(reply.verdict, name, state.redactor) if reply.verdict else None
+    return {"session": reply.session, "answer": state.redactor.text(reply.answer), "turn": reply.turn,
+            "verdict": verdict}
 
 
 def _call(state: ServerState, session: str, message: str, first: dict | None, emit=None):
@@ -108,7 +113,7 @@ async def run_turn(state: ServerState, session: str, message: str, first: dict |
 async def turn(request: Request, state: ServerState, session: str, message: str, first: dict | None):
     """Run one chat turn (JSON, or SSE when the client accepts text/event-stream)."""
     if not wants_stream(request):
-        return reply_body(await run_turn(state, session, message, first))
+        return reply_body(state, await run_turn(state, session, message, first))
     deadline = time.monotonic() + state.settings.request_timeout_s
     state.admission.check()  # 503 now, as a status; the slot itself is taken inside the stream
 
@@ -123,14 +128,14 @@ async def turn(request: Request, state: ServerState, session: str, message: str,
                 else:
                     yield sse(event["type"], event)
         except ApiError as exc:
-            yield sse("error", exc.body())
+            yield sse("error", state.redactor.json(exc.body()))
             return
         except Exception as exc:  # noqa: BLE001 - the response has started: said in the stream
             yield sse("error", internal_error(exc).body())
             return
         for piece in chunks(reply.answer):
             yield sse("answer_delta", {"text": piece})
-        yield sse("reply", reply_body(reply))
+        yield sse("reply", reply_body(state, reply))
         yield sse("done", {"session": session})
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

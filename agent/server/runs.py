@@ -44,8 +44,9 @@ def heat_layer(grey: np.ndarray) -> np.ndarray:
 class RunStore:
     """Runs and uploaded reference sets on disk (thread-safe for the operations it offers)."""
 
-    def __init__(self, root: Path, max_runs: int = 2000) -> None:
+    def __init__(self, root: Path, max_runs: int = 2000, redactor=None) -> None:
         self.root = Path(root)
+        self.redactor = redactor
         self.runs_dir = self.root / "runs"
         self.refsets_dir = self.root / "refsets"
         self.max_runs = max_runs
@@ -124,6 +125,8 @@ class RunStore:
                 else:
                     item["map_path"] = None
         record.update({"image": name, "run_id": run_id, "category": verdict.category, **urls})
+        if self.redactor is not None:  # no server folder in a reply (e.g. inside an error's text)
+            record = self.redactor.json(record)
         (folder / "record.json").write_text(json.dumps(record))
         for temp in temp_dirs:  # the tools' per-run temporary folder: its files are copied above
             if temp.name.startswith("anomaly-agent-") and temp.parent == Path(tempfile.gettempdir()):

@@ -17,6 +17,7 @@ from fastapi import Request
 from agent.config import AgentConfig
 from agent.server.admission import Admission, timeout_error
 from agent.server.errors import ApiError
+from agent.server.redact import Redactor
 from agent.server.runs import RunStore
 from agent.server.settings import ServeSettings
 
@@ -38,7 +39,8 @@ class ServerState:
         self.agent = agent
         self.ready = False
         self.problem: str | None = None
-        self.runs = RunStore(settings.data_dir, settings.max_runs)
+        self.redactor = Redactor.for_server(settings, config)
+        self.runs = RunStore(settings.data_dir, settings.max_runs, self.redactor)
         self.sessions_dir = Path(settings.data_dir) / "sessions"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission(settings.workers, settings.queue, settings.request_timeout_s)

@@ -71,3 +71,21 @@ def test_delete_refuses_malformed_ids(server, bad):
     for kind in ("examples", "notes"):
         reply = httpx.delete(f"{server.url}/v1/memory/{kind}/{bad}")
         assert reply.status_code == 404, (kind, bad, reply.text)
+
+
+def test_no_server_path_in_replies(server):
+    home = str(server.home)
+    files = [("image", ("part.png", texture_png(121, defect=True), "image/png")), *REFS]
+    start = httpx.post(f"{server.url}/v1/sessions", files=files, data={"category": "leak"}, timeout=60)
+    assert start.status_code == 200, start.text
+    verdict = start.json()["verdict"]
+    assert verdict["image"] == "part.png" and verdict["evidence"]
+    assert all(e["map_path"] is None or e["map_path"].startswith("/v1/") for e in verdict["evidence"])
+    follow = httpx.post(f"{server.url}/v1/sessions/{start.json()['session']}/messages", json={"message": "Where?"},
+                        timeout=60)
+    detect = httpx.post(f"{server.url}/v1/detect", files=[("images", ("q.png", texture_png(122), "image/png")), *REFS],
+                        timeout=60)
+    stats = httpx.get(f"{server.url}/v1/memory/stats")
+    assert stats.json()["store"] == "local"
+    for reply in (start, follow, detect, stats, httpx.get(f"{server.url}/v1/runs"), httpx.get(f"{server.url}/readyz")):
+        assert reply.status_code == 200 and home not in reply.text and "/tmp/" not in reply.text, reply.text[:300]
