@@ -250,6 +250,11 @@ class AnomalyAgent:
             self._chat = build_chat_graph(self.runtime, SqliteSaver(self._chat_conn))
         return self._chat
 
+    def forget_session(self, session: str) -> None:
+        """Drop a chat session: its saved history and the images it holds in memory."""
+        self.runtime.end_run(session)
+        self._chat_graph().checkpointer.delete_thread(session)
+
     def session_state(self, session: str) -> dict:
         """The saved state of a chat session ({} when it does not exist)."""
         snapshot = self._chat_graph().get_state({"configurable": {"thread_id": session}})

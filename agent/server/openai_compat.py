@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.server.errors import ApiError
-from agent.server.routes_sessions import DEFAULT_QUESTION, run_turn
+from agent.server.routes_sessions import DEFAULT_QUESTION, new_session, run_turn
 from agent.server.sse import SSE_HEADERS, chunks
 from agent.server.state import ServerState, server_state
 from agent.server.uploads import decode_data_url
@@ -127,13 +127,8 @@ async def chat_completions(body: ChatRequest, request: Request, state: ServerSta
     if n_users == 1 or not session or not (state.sessions_dir / session / "meta.json").is_file():
         data = decode_data_url(image_url)
         ext = (await state.check_images([(data, "image")]))[0]
-        session = uuid.uuid4().hex[:12]
-        folder = state.sessions_dir / session
-        folder.mkdir(parents=True)
-        path = folder / f"query{ext}"
-        path.write_bytes(data)
-        (folder / "meta.json").write_text(json.dumps({"session": session, "image": "chat image", "category": category,
-                                                      "source": "openai", "created": time.time()}))
+        session, path = await new_session(state, data, ext, {"image": "chat image", "category": category,
+                                                             "source": "openai"})
         index.write_text(session)
         first = {"image": str(path), "category": category, "references": references}
     reply = await run_turn(state, session, question, first)

@@ -5,6 +5,7 @@ do (LangGraph SqliteSaver at `sessions_path`); the image and a transcript live u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -16,12 +17,13 @@ from pydantic import BaseModel, Field
 
 from agent.server.errors import ApiError, internal_error, split_fix
 from agent.server.forms import images_field, read_form, references_field, text_field
+from agent.server.prune import touch
 from agent.server.redact import public_verdict
 from agent.server.sse import SSE_HEADERS, chunks, sse, wants_stream
 from agent.server.state import ServerState, server_state
 
 router = APIRouter(prefix="/v1/sessions", tags=["chat"])
-SESSION_ID = re.compile(r"^[0-9a-f]{12}$")
+SESSION_ID = re.compile(r"[0-9a-f]{12}")  # checked with fullmatch
 DEFAULT_QUESTION = "Is this image anomalous? Explain the verdict."
 
 SESSION_FORM = {
@@ -43,7 +45,7 @@ class Message(BaseModel):
 
 
 def _folder(state: ServerState, session: str):
-    if not SESSION_ID.match(session or ""):
+    if not isinstance(session, str) or not SESSION_ID.fullmatch(session):
         raise _missing(session)
     folder = state.sessions_dir / session
     if not (folder / "meta.json").is_file():
@@ -54,6 +56,19 @@ def _folder(state: ServerState, session: str):
 def _missing(session: str) -> ApiError:
     return ApiError(404, "not_found", f"no chat session {session!r} on this server",
                     "start one with POST /v1/sessions (an image and a first question)")
+
+
+async def new_session(state: ServerState, data: bytes, ext: str, meta: dict):
+    """A new session folder holding the image and its meta (the oldest sessions beyond `max_runs` go);
+    returns (session id, image path)."""
+    session = uuid.uuid4().hex[:12]
+    folder = state.sessions_dir / session
+    folder.mkdir(parents=True)
+    path = folder / f"query{ext}"
+    path.write_bytes(data)
+    (folder / "meta.json").write_text(json.dumps({"session": session, **meta, "created": time.time()}))
+    await asyncio.to_thread(state.prune_sessions)
+    return session, path
 
 
 def _append(folder, role: str, text: str) -> None:
@@ -98,6 +113,7 @@ def _call(state: ServerState, session: str, message: str, first: dict | None, em
                 raise ApiError(502, "model_error", cause, fix or "check the model server") from None
             _append(folder, "user", message)
             _append(folder, "assistant", reply.answer)
+            touch(folder)  # in use: pruned last
             state.touch_session(session)
             return reply
 
@@ -147,8 +163,6 @@ async def start_session(request: Request, state: ServerState = Depends(server_st
     form = await read_form(request, max_files=state.settings.max_images * 4 + 1)
     message = text_field(form, "message", 4000) or DEFAULT_QUESTION
     run_id = text_field(form, "run_id", 64)
-    session = uuid.uuid4().hex[:12]
-    folder = state.sessions_dir / session
     if run_id:
         meta = state.runs.meta(run_id)
         image_path = state.runs.file(run_id, "image")
@@ -160,11 +174,7 @@ async def start_session(request: Request, state: ServerState = Depends(server_st
         data, ext, name = uploads[0].data, uploads[0].ext, uploads[0].name
         category = text_field(form, "category", 200)
         references, _ = await references_field(form, state)
-    folder.mkdir(parents=True)
-    path = folder / f"query{ext}"
-    path.write_bytes(data)
-    (folder / "meta.json").write_text(json.dumps({"session": session, "image": name, "category": category,
-                                                  "run_id": run_id, "created": time.time()}))
+    session, path = await new_session(state, data, ext, {"image": name, "category": category, "run_id": run_id})
     first = {"image": str(path), "category": category, "references": references}
     return await turn(request, state, session, message, first)
 

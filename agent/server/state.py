@@ -191,6 +191,25 @@ class ServerState:
         with self._lock:
             return self._session_locks.setdefault(session, threading.Lock())
 
+    def prune_sessions(self) -> list[str]:
+        """Remove the oldest chat sessions beyond `max_runs` (their folders, saved history and lock), and the
+        OpenAI conversation index entries that pointed to them; returns the ids removed."""
+        from agent.server.prune import prune_index, prune_oldest
+        from agent.server.routes_sessions import SESSION_ID
+
+        removed = prune_oldest(self.sessions_dir, self.settings.max_runs, SESSION_ID)
+        if not removed:
+            return []
+        with self._lock:
+            for session in removed:
+                self._session_locks.pop(session, None)
+                self._live_sessions.pop(session, None)
+        if self.agent is not None:
+            for session in removed:
+                self.agent.forget_session(session)
+        prune_index(self.sessions_dir / "openai", self.sessions_dir)
+        return removed
+
     def touch_session(self, session: str) -> None:
         """Keep at most `live_sessions` sessions' images in memory; older ones reload from disk on their next
         turn (the chat graph's restore step)."""
