@@ -255,6 +255,32 @@ class AnomalyAgent:
         self.runtime.end_run(session)
         self._chat_graph().checkpointer.delete_thread(session)
 
+    def session_checkpoint(self, session: str) -> str | None:
+        """The id of a chat session's latest checkpoint (None when the session has none)."""
+        snapshot = self._chat_graph().get_state({"configurable": {"thread_id": session}})
+        return (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+
+    def fork_session(self, source: str, checkpoint_id: str, session: str, image: str | Path) -> dict:
+        """Start chat session `session` as a copy of `source` at one of its checkpoints (a branch: `source` is
+        unchanged), its image at `image`; returns the copied state's values.
+
+        Raises:
+            UserInputError: `source` has no such checkpoint.
+        """
+        import copy
+
+        saver = self._chat_graph().checkpointer
+        found = saver.get_tuple({"configurable": {"thread_id": source, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}})
+        if found is None:
+            msg = f"session {source} has no checkpoint {checkpoint_id}. Fix: start a new conversation"
+            raise UserInputError(msg)
+        checkpoint = copy.deepcopy(found.checkpoint)
+        values = checkpoint.get("channel_values", {})
+        if "image" in values:
+            values["image"] = str(image)
+        saver.put({"configurable": {"thread_id": session, "checkpoint_ns": ""}}, checkpoint, found.metadata, {})
+        return values
+
     def session_state(self, session: str) -> dict:
         """The saved state of a chat session ({} when it does not exist)."""
         snapshot = self._chat_graph().get_state({"configurable": {"thread_id": session}})

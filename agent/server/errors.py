@@ -16,13 +16,18 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An HTTP error with a cause and a fix (and extra headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, kind: str, message: str, fix: str, headers: dict | None = None) -> None:
+    def __init__(self, status: int, kind: str, message: str, fix: str, headers: dict | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.kind, self.message, self.fix = status, kind, message, fix
         self.headers = headers or {}
+        self.param, self.code = param, code
 
     def body(self) -> dict:
-        return {"error": {"type": self.kind, "message": self.message, "fix": self.fix, "status": self.status}}
+        error = {"type": self.kind, "message": self.message, "fix": self.fix, "status": self.status}
+        if self.param is not None or self.code is not None:  # OpenAI's fields (the chat endpoint sets them)
+            error.update(param=self.param, code=self.code)
+        return {"error": error}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -66,13 +71,20 @@ def install(app: FastAPI) -> None:
         redactor = getattr(getattr(request.app.state, "server", None), "redactor", None)
         if redactor is not None:  # no server folder in an error (texts from the agent may name one)
             exc.message, exc.fix = redactor.text(exc.message), redactor.text(exc.fix)
+        if request.url.path.endswith("/chat/completions") and exc.code is None:
+            exc.code = exc.kind  # OpenAI clients read `code` (and `param`)
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors())
-        return ApiError(422, "invalid_request", f"invalid request: {problems}",
-                        "correct the named fields; see /docs for the schema").response()
+        fix = "correct the named fields; see /docs for the schema"
+        if request.url.path.endswith("/chat/completions"):  # OpenAI's status and error shape on that endpoint
+            first = (exc.errors() or [{}])[0]
+            param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
+            return ApiError(400, "invalid_request_error", f"invalid request: {problems}", fix, param=param,
+                            code="invalid_value").response()
+        return ApiError(422, "invalid_request", f"invalid request: {problems}", fix).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -34,17 +34,3 @@ def prune_oldest(root: Path, keep: int, name: re.Pattern) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed
-
-
-def prune_index(folder: Path, sessions: Path) -> int:
-    """Remove the index files in `folder` (``<key>.txt`` holding a session id) whose session folder is gone."""
-    removed = 0
-    for path in folder.glob("*.txt") if folder.is_dir() else []:
-        try:
-            target = path.read_text().strip()
-        except OSError:
-            continue
-        if not target or not (sessions / target).is_dir():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed

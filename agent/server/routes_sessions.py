@@ -90,32 +90,37 @@ def reply_body(state: ServerState, reply) -> dict:
             "verdict": verdict}
 
 
+def run_turn_locked(state: ServerState, session: str, message: str, first: dict | None, emit=None):
+    """One chat turn, in the calling (worker) thread, by a caller that holds the session's lock; the reply."""
+    from agent.errors import ModelServerError, input_error_types
+
+    folder = state.sessions_dir / session
+    reply = None
+    try:
+        for event in state.agent.chat_stream(message, session=session, **(first or {})):
+            if event["type"] == "reply":
+                reply = event["reply"]
+            elif emit is not None:
+                emit(event)
+    except input_error_types() as exc:
+        cause, fix = split_fix(str(exc))
+        raise ApiError(400, "invalid_request", cause, fix or "see the message") from None
+    except ModelServerError as exc:
+        cause, fix = split_fix(str(exc))
+        raise ApiError(502, "model_error", cause, fix or "check the model server") from None
+    _append(folder, "user", message)
+    _append(folder, "assistant", reply.answer)
+    touch(folder)  # in use: pruned last
+    state.touch_session(session)
+    return reply
+
+
 def _call(state: ServerState, session: str, message: str, first: dict | None, emit=None):
     """A function that runs one chat turn in a worker thread (one turn per session at a time)."""
-    folder = state.sessions_dir / session
 
     def call():
-        from agent.errors import ModelServerError, input_error_types
-
         with state.session_lock(session):
-            reply = None
-            try:
-                for event in state.agent.chat_stream(message, session=session, **(first or {})):
-                    if event["type"] == "reply":
-                        reply = event["reply"]
-                    elif emit is not None:
-                        emit(event)
-            except input_error_types() as exc:
-                cause, fix = split_fix(str(exc))
-                raise ApiError(400, "invalid_request", cause, fix or "see the message") from None
-            except ModelServerError as exc:
-                cause, fix = split_fix(str(exc))
-                raise ApiError(502, "model_error", cause, fix or "check the model server") from None
-            _append(folder, "user", message)
-            _append(folder, "assistant", reply.answer)
-            touch(folder)  # in use: pruned last
-            state.touch_session(session)
-            return reply
+            return run_turn_locked(state, session, message, first, emit)
 
     return call
 

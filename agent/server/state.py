@@ -194,7 +194,8 @@ class ServerState:
     def prune_sessions(self) -> list[str]:
         """Remove the oldest chat sessions beyond `max_runs` (their folders, saved history and lock), and the
         OpenAI conversation index entries that pointed to them; returns the ids removed."""
-        from agent.server.prune import prune_index, prune_oldest
+        from agent.server import openai_convo
+        from agent.server.prune import prune_oldest
         from agent.server.routes_sessions import SESSION_ID
 
         removed = prune_oldest(self.sessions_dir, self.settings.max_runs, SESSION_ID)
@@ -207,7 +208,7 @@ class ServerState:
         if self.agent is not None:
             for session in removed:
                 self.agent.forget_session(session)
-        prune_index(self.sessions_dir / "openai", self.sessions_dir)
+        openai_convo.prune(self.sessions_dir / "openai", self.sessions_dir)
         return removed
 
     def touch_session(self, session: str) -> None:

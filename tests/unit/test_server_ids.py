@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from agent.server.errors import ApiError
-from agent.server.prune import prune_index, prune_oldest
+from agent.server import openai_convo
+from agent.server.prune import prune_oldest
 from agent.server.routes_sessions import _folder
 from agent.server.runs import RunStore
 
@@ -60,9 +61,10 @@ def test_prune_keeps_the_newest_and_matching_names_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp1", "cccc", "dddd", "other"]
     index = tmp_path / "index"
     index.mkdir()
-    (index / "k1.txt").write_text("cccc")
-    (index / "k2.txt").write_text("aaaa")
-    assert prune_index(index, tmp_path) == 1 and [p.name for p in index.iterdir()] == ["k1.txt"]
+    (index / "k1.json").write_text('[["cccc", "c1"], ["aaaa", "a1"]]')
+    (index / "k2.json").write_text('[["aaaa", "a1"]]')
+    openai_convo.prune(index, tmp_path)
+    assert [p.name for p in index.iterdir()] == ["k1.json"] and (index / "k1.json").read_text() == '[["cccc", "c1"]]'
 
 
 def test_run_store_prunes_runs_and_reference_sets(tmp_path):
