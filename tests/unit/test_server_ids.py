@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.server.errors import ApiError
 from agent.server import openai_convo
+from agent.server.errors import ApiError
 from agent.server.prune import prune_oldest
 from agent.server.routes_sessions import _folder
 from agent.server.runs import RunStore
