@@ -18,11 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 KEY = re.compile(r"[0-9a-f]{32}")
+_WRITING = threading.Lock()
+REASONING = re.compile(r"<think>.*?</think>|<details\b[^>]*type=\"reasoning\"[^>]*>.*?</details>", re.DOTALL)
 
 
 def parts(message: Any) -> tuple[str, list[str]]:
@@ -46,11 +49,14 @@ def parts(message: Any) -> tuple[str, list[str]]:
 
 def history_key(messages: list, scope: str) -> str:
     """The key of a conversation state: `scope` (model, category, references) and every message's role, text
-    and image hashes, in order."""
+    and image hashes, in order. Reasoning a chat app folds back into an assistant message (``<think>`` or
+    ``<details type="reasoning">`` blocks) is not part of it."""
     digest = hashlib.sha256(scope.encode())
     for message in messages:
         role = message.role if hasattr(message, "role") else message.get("role")
         text, images = parts(message)
+        if role == "assistant":
+            text = REASONING.sub("", text)
         item = {"role": role, "text": text.strip(), "images": [hashlib.sha256(u.encode()).hexdigest() for u in images]}
         digest.update(hashlib.sha256(json.dumps(item, sort_keys=True).encode()).digest())
     return digest.hexdigest()[:32]
@@ -85,8 +91,9 @@ class ConversationIndex:
             return []
 
     def add(self, key: str, session: str, checkpoint: str) -> None:
-        entries = [e for e in self.entries(key) if e[0] != session] + [(session, checkpoint)]
-        self._path(key).write_text(json.dumps(entries[-8:]))
+        with _WRITING:
+            entries = [e for e in self.entries(key) if e[0] != session] + [(session, checkpoint)]
+            self._path(key).write_text(json.dumps(entries[-8:]))
 
     def resolve(self, key: str, echoed: str | None, tip) -> Branch | None:
         """Where a request whose prior messages have `key` continues; None when no session has that history.

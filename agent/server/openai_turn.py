@@ -89,7 +89,13 @@ async def _fork(state: ServerState, source: str, checkpoint: str) -> str:
     session, path = await new_session(state, images[0].read_bytes(), images[0].suffix,
                                       {"image": meta.get("image"), "category": meta.get("category"),
                                        "source": "openai", "branched_from": source})
-    await asyncio.to_thread(state.agent.fork_session, source, checkpoint, session, path)
+    from agent.errors import UserInputError
+
+    try:
+        await asyncio.to_thread(state.agent.fork_session, source, checkpoint, session, path)
+    except UserInputError:
+        raise ApiError(409, "invalid_request_error", "the conversation's saved state is gone from this server",
+                       "start a new conversation (send the image again)", code="session_gone") from None
     return session
 
 
