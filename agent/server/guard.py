@@ -67,6 +67,7 @@ class RequestGuard:
         if settings.host not in ("0.0.0.0", "::", ""):
             self.allowed_hosts.add(settings.host.lower().strip("[]"))
         self.origins = {o for o in (origin_of(c) for c in settings.cors_origins) if o}
+        self.any_origin = "*" in settings.cors_origins  # the operator's explicit choice (CORS allows all too)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,7 +103,7 @@ class RequestGuard:
         origin = origin_of(headers["origin"])
         if origin is None:  # "null" (a sandboxed page, a file: URL) or anything malformed
             return False
-        if origin in self.origins:
+        if origin in self.origins or self.any_origin:
             return True
         host = split_host(headers.get("host", ""))
         if host is None:
