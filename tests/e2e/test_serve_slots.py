@@ -101,3 +101,42 @@ def test_unexpected_errors_are_json_without_traceback_or_path(tmp_path):
         error = reply.json()["error"]
         assert error["type"] == "internal" and "JSONDecodeError" in error["message"] and error["fix"]
         assert str(home) not in reply.text and "Traceback" not in reply.text and "line" not in reply.text
+
+
+def test_uploads_are_decoded_off_the_event_loop(tmp_path):
+    """Six 36 MP uploads take seconds to decode; meanwhile the server keeps answering /healthz at once."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from agent.server import create_app
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((6000, 6000, 3), np.uint8)).save(buf, format="PNG")
+    big = buf.getvalue()
+    with ServerThread(create_app(serve_settings(tmp_path), serve_config(tmp_path))) as srv:
+        done = threading.Event()
+        result: dict = {}
+
+        def upload():
+            started = time.monotonic()
+            files = [("images", (f"big{i}.png", big, "image/png")) for i in range(6)]
+            # the bad references value is read after the images are decoded: a quick 400 once they are
+            result["reply"] = httpx.post(f"{srv.url}/v1/detect", files=files, data={"references": "elsewhere"},
+                                         timeout=120)
+            result["took"] = time.monotonic() - started
+            done.set()
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        latencies = []
+        while not done.is_set():
+            started = time.monotonic()
+            assert httpx.get(f"{srv.url}/healthz", timeout=60).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+        thread.join()
+        assert result["reply"].status_code == 400 and "memory" in result["reply"].json()["error"]["message"]
+        assert result["took"] > 2.0 and len(latencies) > 10
+        assert max(latencies) < result["took"] / 3, (max(latencies), result["took"])
