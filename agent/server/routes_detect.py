@@ -190,27 +190,27 @@ async def feedback(run_id: str, body: Feedback, state: ServerState = Depends(ser
     path = state.runs.file(run_id, "image")
 
     def store_it():
+        from agent.feedback import record_feedback
         from memory.store import MemoryStoreError, content_id
-        from tools.images import load_image
 
-        data = path.read_bytes()
-        existed = store.has(content_id(data))
-        embedder = state.agent.runtime.embedder()
-        vector = embedder.embed(load_image(path, state.config.max_image_pixels))
+        existed = store.has(content_id(path.read_bytes()))
         try:
-            example = store.add(data, meta["category"], body.label, vector, embedder.model_id,
-                                defect_type=body.defect_type if body.label == "anomalous" else None,
-                                description=body.note, source=f"feedback on run {run_id}")
+            learned = record_feedback(state.agent.runtime, store, path, meta["category"], body.label,
+                                      record.get("pred_score"), run_id=run_id, defect_type=body.defect_type,
+                                      note=body.note)
         except MemoryStoreError as exc:
             cause, fix = split_fix(str(exc))
             raise ApiError(409, "conflict", cause, fix or "remove the stored example first") from None
-        return example, existed
+        return learned, existed
 
-    example, existed = await asyncio.to_thread(store_it)
+    learned, existed = await asyncio.to_thread(store_it)
+    example = learned.example
     was = record.get("pred_label")
     stored = {**example.model_dump(mode="json", exclude={"image_path"}), "provenance": "feedback"}
     result = {"run_id": run_id, "stored": stored, "example_id": example.id, "new": not existed,
               "undo": f"DELETE /v1/memory/examples/{example.id}" if not existed else None,
-              "label": body.label, "verdict_was": was, "verdict_was_right": was == body.label if was else None}
+              "label": body.label, "verdict_was": was, "verdict_was_right": was == body.label if was else None,
+              "message": learned.message,
+              "threshold": {"before": learned.threshold_before, "after": learned.threshold_after}}
     (state.runs.folder(run_id) / "feedback.json").write_text(json.dumps(result))
     return result

@@ -127,8 +127,15 @@ async def delete_example(example_id: str, state: ServerState = Depends(server_st
         except ExampleNotFoundError:
             raise _gone("example", example_id) from None
 
+    def revert() -> list[str]:
+        from memory.operating_point import describe_move
+
+        return [describe_move(b.category, b, a) for b, a in state.agent.runtime.operating_points().remove(example_id)]
+
     await asyncio.to_thread(delete)
-    return {"deleted": example_id}
+    moves = await asyncio.to_thread(revert)
+    message = "removed from memory; it no longer joins references or known defects"
+    return {"deleted": example_id, "thresholds": moves, "message": "; ".join([message, *moves]) + "."}
 
 
 @router.delete("/notes/{note_id}", summary="Remove a class note")

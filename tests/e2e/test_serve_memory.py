@@ -55,6 +55,10 @@ def test_feedback_is_recorded_as_feedback_and_can_be_undone(server):
     assert body["stored"]["provenance"] == "feedback" and body["stored"]["source"] == f"feedback on run {run_id}"
     assert body["undo"] == f"DELETE /v1/memory/examples/{body['example_id']}"
     assert str(server.home) not in reply.text and "image_path" not in body["stored"]
+    # the reply says exactly what changed: where it went, what it does now, and the category's threshold
+    assert body["message"].startswith("stored as a labelled anomaly of 'undo'; new 'undo' images are compared with it")
+    assert "'undo' threshold" in body["message"]
+    assert set(body["threshold"]) == {"before", "after"}
     assert count() == 1
     # the same image again: already stored, so there is nothing new to undo
     repeat = httpx.post(f"{server.url}/v1/runs/{run_id}/feedback", json={"label": "anomalous"}).json()
@@ -62,6 +66,7 @@ def test_feedback_is_recorded_as_feedback_and_can_be_undone(server):
 
     undone = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert undone.status_code == 200 and count() == 0
+    assert undone.json()["message"].startswith("removed from memory")
     missing = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert missing.status_code == 404 and missing.json()["error"]["fix"]
 

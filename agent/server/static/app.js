@@ -264,8 +264,8 @@ async function feedback(right) {
     });
     const kind = label === "normal" ? "a normal example (hard normal)" : "a labelled anomaly";
     status.textContent = reply.new
-      ? `Thanks: stored in memory as ${kind} of '${reply.stored.category}'. Similar images are judged with it from now on.`
-      : `This image was already stored in memory as ${kind} of '${reply.stored.category}'.`;
+      ? `Thanks: ${reply.message}`
+      : `This image was already stored in memory as ${kind} of '${reply.stored.category}'; ${reply.message}`;
     state.feedbackExample = reply.new ? reply.example_id : null;
     $("fbUndo").hidden = !reply.new;
   } catch (e) {
@@ -278,9 +278,9 @@ async function undoFeedback() {
   const status = $("fbStatus");
   if (!state.feedbackExample) return;
   try {
-    await api(`/v1/memory/examples/${state.feedbackExample}`, { method: "DELETE" });
+    const reply = await api(`/v1/memory/examples/${state.feedbackExample}`, { method: "DELETE" });
     status.className = "small";
-    status.textContent = "Undone: the example was removed from memory.";
+    status.textContent = `Undone: ${reply.message}`;
     state.feedbackExample = null;
     $("fbUndo").hidden = true;
   } catch (e) {
