@@ -229,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         d_pk, d_pc = arr[:, 0] - arr[:, 1], arr[:, 0] - arr[:, 2]
         print(f"k={k}: fused - patch_knn mean {d_pk.mean():+.4f} (worst {d_pk.min():+.4f}); "
               f"fused - PatchCore mean {d_pc.mean():+.4f} (worst {d_pc.min():+.4f})")
+    # adoption, decided on fold dev alone: each category's pick made on the others, against patch_knn alone
+    drops, gains = {}, []
+    for k in ks:
+        for cat in cats:
+            pick = choose(dev, cats, ks, cat, allowed)
+            d = dev[(pick, cat, k)] - dev[("patch_knn", cat, k)]
+            gains.append(d)
+            drops[(cat, k)] = d
+    worst = min(drops, key=drops.get)
+    adopt = float(np.mean(gains)) > 0 and drops[worst] >= -ADOPT_DROP
+    print(f"\ndev, leave-category-out, fused vs patch_knn alone: mean {np.mean(gains):+.4f}, worst {worst} "
+          f"{drops[worst]:+.4f} -> {'adopt' if adopt else 'reject: the survey stays patch_knn alone'}")
     rf = recall_fpr(test_images, CANDIDATES[shipped])
     print(f"\nshipped default {shipped} at threshold 0.5, fold test (recall / FPR):")
     for (cat, k), (r, fp) in sorted(rf.items(), key=lambda kv: (kv[0][1], kv[0][0])):
