@@ -124,7 +124,7 @@ class AgentConfig(BaseSettings):
     max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
     survey_weights: dict[str, float] | None = Field(
         None, description="the survey's other tools and their weights beside patch_knn (agent.survey_fusion; "
-        "None: the defaults chosen by leave-category-out, e.g. {'parts_check': 0.25}); a tool with weight > 0 "
+        "None: the defaults chosen by leave-category-out: none beside patch_knn); a tool with weight > 0 "
         "runs in every survey with references, e.g. {'reference_diff': 0.5} for aligned objects (slower)")
     max_wall_s: float = Field(180.0, gt=0, allow_inf_nan=False)
     max_reflections: int = Field(1, ge=0)
