@@ -208,9 +208,9 @@ def model_term(label: str | None, probability: float | None, weight_factor: floa
 
 
 def combine(terms: list[FusionTerm]) -> float:
-    """sigmoid of the weighted mean of the terms' bounded log-odds; a single term is its own probability
-    (nothing to weigh it against, so nothing to bound)."""
-    if len(terms) == 1:
+    """sigmoid of the weighted mean of the terms' bounded log-odds. The survey's reading alone is its own
+    probability: it is already a fused, order-keeping reading (`agent.survey_fusion`)."""
+    if len(terms) == 1 and terms[0].source == "survey":
         return min(max(float(terms[0].probability), 0.0), 1.0)
     total = sum(t.weight for t in terms)
     return _sigmoid(sum(t.weight * _logit(t.probability) for t in terms) / total)
