@@ -91,6 +91,7 @@ def policy_notes(fusion: FusionResult, threshold: float, model_text: str = "") -
     lines = []
     if fusion.disputed and fusion.model_label is not None:
         lines.append(disputed_line(fusion, threshold, reason))
+        reason = ""  # said once, beside the evidence
     lines.extend(disagreement_line(d, threshold, reason) for d in fusion.disagreements)
     if fusion.excluded:
         lines.append(f"Left out of the score (not about the query image): {', '.join(fusion.excluded)}.")
