@@ -85,6 +85,7 @@ def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
         f"[bold]{verdict.image}[/bold]: [{colour}]{verdict.pred_label.upper()}[/{colour}] "
         f"score {verdict.pred_score:.3f} (threshold {verdict.threshold:.2f}, from {verdict.score_source})"
         + (f", defect: {verdict.defect_type}" if verdict.defect_type else "")
+        + (" [yellow]DISPUTED[/yellow] (the model disagreed with the measured evidence)" if verdict.disputed else "")
     )
     for region in verdict.regions:
         peak = f" (peak {region.score:.3g}, the tool's raw units)" if region.score is not None else ""

@@ -206,3 +206,27 @@ def test_the_floor_is_continuous_at_the_margin(threshold, p_anomalous):
     at = 1 / (1 + math.exp(-(logit(threshold) + STANDS_MARGIN)))
     below, above = (fuse([ev("patch_knn", at + d)], "normal", p_anomalous, threshold).score for d in (-1e-9, 1e-9))
     assert abs(above - below) < 1e-6
+
+
+# ---- the setting ------------------------------------------------------------------------------------
+
+
+def test_policy_setting_defaults_to_evidence_stands_and_refuses_others(monkeypatch):
+    from agent.config import ConfigError, load_config
+
+    assert load_config().policy == "evidence-stands"
+    assert load_config(policy="model-decides").policy == "model-decides"
+    monkeypatch.setenv("ANOMALY_AGENT_POLICY", "model-decides")
+    assert load_config().policy == "model-decides"
+    with pytest.raises(ConfigError, match="policy"):
+        load_config(policy="trust-the-model")
+
+
+@pytest.mark.parametrize("command", ["detect", "eval", "serve"])
+def test_policy_flag_on_detect_eval_and_serve(command):
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+    assert "--policy" in out and "model-decides" in out
