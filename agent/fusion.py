@@ -36,12 +36,18 @@ model talk away a defect that the measurements clearly show:
    survey can raise the reading but never lower it below the survey's: ``s = max(survey, fusion of all tool
    terms)``. Without a survey the full-weight tool (``patch_knn``) anchors the reading the same way. A
    reading made only of down-weighted tools (zero-shot CLIP, an incidental tool) has no anchor: it never
-   forces a verdict, and the plain weighted fusion decides.
+   forces a verdict, and the plain weighted fusion decides. Inside the survey, one down-weighted part
+   (``reference_diff``, ``parts_check``, weight 0.5) could add up to 0.5 L ~ 2.30 nats, more than
+   logit(0.9): for the stands rule and the floor (`FusionResult.standing`) its part counts at most just
+   under logit(0.9), so a down-weighted tool on its own (the rest of the survey reading at or below the
+   threshold) never forces a verdict.
 3. **Default, ``evidence-stands``.** With an anchored reading the model's term is fused with the reading
    (one term, weight 1), and the result may not fall below a floor that follows the reading:
 
-       score = max( combine([reading s (w 1), model]),  floor(s) ),
-       floor(s) = sigmoid(logit(s) - logit(0.9))     (raised to the threshold when it is beyond the margin)
+       score = max( combine([reading s (w 1), model]),  floor(s') ),
+       floor(s') = sigmoid(logit(s') - logit(0.9))   (raised to the threshold when it is beyond the margin)
+
+   where s' is the standing reading: s, with one down-weighted survey part capped (2, above).
 
    The model can move the reading down by at most logit(0.9) ~ 2.2 nats of log-odds. So a reading
    *clearly beyond* the active threshold t, ``logit(s) >= logit(t) + logit(0.9)`` (0.9 when t = 0.5; relative
@@ -83,6 +89,7 @@ POLICIES = ("evidence-stands", "model-decides")
 DEFAULT_POLICY = "evidence-stands"
 STANDS_MARGIN = math.log(0.9 / 0.1)  # logit(0.9): "clearly beyond" the threshold, and the most the model may lower
 ANCHOR_WEIGHT = 1.0  # a tool at this weight (or the survey) anchors the measured reading; below it: down-weighted
+SINGLE_PART_CAP = STANDS_MARGIN * (1.0 - 1e-6)  # one down-weighted survey part's most log-odds toward "stands"
 LOGIT_BOUND = math.log(0.99 / 0.01)  # L: a single source counts at most as much as p = 0.99
 _P_EPS = 1e-15  # near float64's resolution at 1: scores keep their order up to logit ~34
 
@@ -143,6 +150,8 @@ class FusionResult:
         disagreements: every model-vs-tool disagreement about the query.
         policy: "evidence-stands" or "model-decides".
         reading: the measured reading s (module docstring, 2), None without a scoring tool on the query.
+        standing: the reading the stands rule and the floor read: `reading`, except that one down-weighted
+            survey part alone counts at most just under logit(0.9) (module docstring, 2).
         tool_terms: the tool terms the reading was built from.
         anchored: the reading has a survey or full-weight tool (only then can it stand).
         stands: the reading is clearly beyond the threshold (by logit(0.9) in log-odds) and the policy
@@ -163,6 +172,7 @@ class FusionResult:
     disagreements: tuple[Disagreement, ...] = field(default_factory=tuple)
     policy: str = DEFAULT_POLICY
     reading: float | None = None
+    standing: float | None = None
     tool_terms: tuple[FusionTerm, ...] = ()
     anchored: bool = False
     stands: bool = False
@@ -292,23 +302,45 @@ def clearly_beyond(reading: float, threshold: float) -> bool:
     return _raw_logit(reading) - STANDS_MARGIN >= _raw_logit(threshold)
 
 
-def measured_reading(on_query: list[Evidence]) -> tuple[float | None, list[FusionTerm], bool]:
-    """(the measured reading s, the tool terms, whether it is anchored) for evidence about the query.
+def _survey_standing(on_query: list[Evidence], survey_score: float) -> float:
+    """The survey's reading with one down-weighted part's log-odds capped just under logit(0.9), so that part
+    alone (the others at or below the threshold) never takes the reading clearly beyond the threshold.
+    Non-decreasing in every part's score; equal to the survey's reading whenever no single part adds more."""
+    from agent.survey_fusion import BASE_TOOL, survey_terms
+
+    terms = survey_terms([ev for ev in on_query if (ev.args or {}).get("stage") == "survey"])
+    if not any(t.tool == BASE_TOOL for t in terms):
+        return survey_score
+    total = sum(t.contribution for t in terms)
+    top = max((t.contribution for t in terms if t.tool != BASE_TOOL), default=0.0)
+    capped = total - max(0.0, top - SINGLE_PART_CAP)
+    return min(survey_score, _sigmoid(min(capped, 2 * LOGIT_BOUND)))
+
+
+def measured_reading(on_query: list[Evidence]) -> tuple[float | None, float | None, list[FusionTerm], bool]:
+    """(the measured reading s, the reading the stands rule reads, the tool terms, whether it is anchored)
+    for evidence about the query.
 
     With a survey reading: ``max(survey, combine(tool terms))``, so tools called after the survey raise the
     reading but never lower it. Without one, the full-weight tools anchor it the same way. Without an
-    anchor (only down-weighted tools): the tool terms' plain combination, unanchored.
+    anchor (only down-weighted tools): the tool terms' plain combination, unanchored. The standing reading
+    is the same except that one down-weighted survey part counts at most just under logit(0.9)
+    (`_survey_standing`).
     """
     t_terms = tool_terms(on_query)
     if not t_terms:
-        return None, [], False
+        return None, None, [], False
     plain = combine(t_terms)
     anchors = [t for t in t_terms if t.weight >= ANCHOR_WEIGHT]
     survey = [t for t in anchors if t.source == "survey"]
     base = survey or anchors
     if not base:
-        return plain, t_terms, False
-    return max(combine(base), plain), t_terms, True
+        return plain, plain, t_terms, False
+    reading = max(combine(base), plain)
+    if not survey:
+        return reading, reading, t_terms, True
+    standing = _survey_standing(on_query, survey[0].probability)
+    return reading, (standing if len(t_terms) == 1 else max(standing, plain)), t_terms, True
 
 
 def _disagreements(best: dict[str, Evidence], label: str | None, p_normal: float | None,
@@ -351,7 +383,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
     on_query, other = split_by_image(evidence, query_ids)
     excluded = tuple(f"{ev.tool} on {evidence_image(ev)} {float(ev.score):.2f}" for ev in other)
     best = best_per_tool(without_survey_parts(on_query))
-    reading, t_terms, anchored = measured_reading(on_query)
+    reading, standing, t_terms, anchored = measured_reading(on_query)
     m_term = model_term(model_label, model_probability, model_weight_factor)
     if not t_terms and m_term is None:
         msg = "nothing to fuse: no tool produced a score on the query image and no model answered"
@@ -363,15 +395,15 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
         score = combine(terms)
         tools_score = combine(t_terms) if t_terms else None
     else:
-        assert reading is not None
+        assert reading is not None and standing is not None
         tools_score = reading
-        stands = clearly_beyond(reading, threshold)
+        stands = clearly_beyond(standing, threshold)
         if m_term is None:
             terms, score = list(t_terms), reading
         else:
             terms = [FusionTerm("measured reading", reading, ANCHOR_WEIGHT), m_term]
             fused = combine(terms)
-            floor = stands_floor(reading, threshold)
+            floor = stands_floor(standing, threshold)
             floored = floor > fused
             score = max(fused, floor)
     label = "anomalous" if score >= threshold else "normal"
@@ -380,7 +412,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
     return FusionResult(
         score=score, label=label, terms=tuple(terms), tools_score=tools_score, model=m_term,
         excluded=excluded, disagreements=_disagreements(best, model_label, p_normal, threshold, label),
-        policy=policy, reading=reading, tool_terms=tuple(t_terms), anchored=anchored, stands=stands,
+        policy=policy, reading=reading, standing=standing, tool_terms=tuple(t_terms), anchored=anchored, stands=stands,
         floor=floor, floored=floored, disputed=disputed, threshold=threshold,
         model_label=model_label, p_normal=p_normal,
     )

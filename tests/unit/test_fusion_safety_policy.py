@@ -100,6 +100,27 @@ def test_a_down_weighted_tool_on_its_own_never_forces_a_verdict():
     assert result.label == "normal" and result.disputed
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_one_down_weighted_survey_part_on_its_own_never_forces_a_verdict(threshold):
+    """reference_diff at its bound adds 0.5 L ~ 2.30 nats to the survey, more than logit(0.9): with patch_knn
+    reading at the threshold (in the survey's soft-bounded log-odds) and parts_check quiet, the survey's
+    reading is beyond the margin, yet it does not stand on that one part."""
+    from agent.fusion import LOGIT_BOUND
+
+    at_threshold = 1 / (1 + math.exp(-LOGIT_BOUND * math.atanh(logit(threshold) / LOGIT_BOUND)))
+    evidence = surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.2)
+    result = fuse(evidence, "normal", 1e-4, threshold, p_normal=0.9999, query_ids={"query"})
+    assert clearly_beyond(result.reading, threshold)  # the survey's reading itself
+    assert not result.stands and result.standing < result.reading
+    assert result.label == "normal" and result.disputed
+    both = fuse(surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.99), "normal", 1e-4, threshold,
+                p_normal=0.9999, query_ids={"query"})
+    assert both.stands and both.label == "anomalous"  # two tools together do
+    lead = fuse(surveyed(0.6 if threshold < 0.6 else 0.9, reference_diff=1 - 1e-9), "normal", 1e-4, threshold,
+                p_normal=0.9999, query_ids={"query"})
+    assert lead.standing == pytest.approx(lead.reading, abs=0.02)
+
+
 def test_incidental_tools_can_raise_the_reading():
     evidence = [*surveyed(0.6), ev("parts_check", 0.99)]
     assert fuse(evidence).score > fuse(surveyed(0.6)).score
@@ -172,10 +193,13 @@ def test_fused_score_is_monotone_in_the_models_p_anomalous(case, data):
 def test_a_reading_beyond_the_margin_stands_whatever_the_model_says(case):
     scores, label, p, factor, threshold, _ = case
     result = run(scores, label, p, factor, threshold, "evidence-stands")
-    if result.anchored and clearly_beyond(result.reading, threshold):
+    if result.anchored and clearly_beyond(result.standing, threshold):
         assert result.stands and result.label == "anomalous" and result.score >= threshold
     if result.anchored:  # the model lowers the reading by at most logit(0.9) in log-odds
-        assert result.score >= stands_floor(result.reading, threshold) - 1e-12
+        assert result.score >= stands_floor(result.standing, threshold) - 1e-12
+        assert result.standing <= result.reading + 1e-12
+        if not any(k in scores for k in ("s:reference_diff", "s:parts_check")) or len(scores) == 0:
+            assert result.standing == pytest.approx(result.reading)
 
 
 @settings(max_examples=300, deadline=None)
