@@ -59,6 +59,36 @@ class ChatReply(BaseModel):
     turn: int = 1
 
 
+class _StreamedRun:
+    """What a streamed detection has seen so far: the last state, the reference count, a failure."""
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+        self.error: BaseException | None = None
+        self.n_refs = 0
+
+    def events(self, mode: str, chunk: Any, runtime) -> list[dict]:
+        """The step events of one LangGraph stream item (``stream_mode=["updates", "values"]``)."""
+        from agent.events import step_events
+
+        if mode == "values":
+            self.state = chunk
+            return []
+        out: list[dict] = []
+        for node, update in chunk.items():
+            if isinstance(update, dict) and update.get("reference_ids") is not None:
+                self.n_refs = len(update["reference_ids"])
+            out += step_events(node, update)
+            if node == "retrieve_memory":
+                out.append({"type": "survey_started", "tools": runtime.survey_tools(self.n_refs)})
+        return out
+
+    def final_error(self) -> BaseException | None:
+        if self.error is None and (self.state is None or not self.state.get("verdict")):
+            return RuntimeError("the graph ended without a verdict")
+        return self.error
+
+
 class AnomalyAgent:
     """Detect anomalies in images with tools, memory and (optionally) a multimodal model."""
 
@@ -171,32 +201,39 @@ class AnomalyAgent:
         """`adetect`, yielding the agent's steps as they happen (`agent.events.step_events`), then
         ``{"type": "verdict", "verdict": Verdict}`` last. Failures end in an error verdict as in
         `detect`; cancelling the iteration frees the run's resources."""
-        from agent.events import step_events
-
         started = time.perf_counter()
         state_in, run_id = self._input(image, category, references, question)
-        state, error, n_refs = None, None, 0
+        run = _StreamedRun()
         try:
             async for mode, chunk in self.graph.astream(state_in, self._config(run_id),
                                                         stream_mode=["updates", "values"]):
-                if mode == "values":
-                    state = chunk
-                    continue
-                for node, update in chunk.items():
-                    if isinstance(update, dict) and update.get("reference_ids") is not None:
-                        n_refs = len(update["reference_ids"])
-                    for event in step_events(node, update):
-                        yield event
-                    if node == "retrieve_memory":
-                        yield {"type": "survey_started", "tools": self.runtime.survey_tools(n_refs)}
+                for event in run.events(mode, chunk, self.runtime):
+                    yield event
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
-            error = exc
+            run.error = exc
         except BaseException:
             self.runtime.end_run(run_id)
             raise
-        if error is None and (state is None or not state.get("verdict")):
-            error = RuntimeError("the graph ended without a verdict")
-        yield {"type": "verdict", "verdict": self._finish(state, run_id, image, category, started, trace_dir, error)}
+        yield {"type": "verdict", "verdict": self._finish(run.state, run_id, image, category, started, trace_dir,
+                                                          run.final_error())}
+
+    def stream_detect(self, image: str | Path | bytes, category: str | None = None,
+                      references: list[str | Path] | str | Path | None = None, question: str | None = None,
+                      trace_dir: str | Path | None = None) -> Iterator[dict]:
+        """`astream_detect` in the calling thread (as `detect` runs): the steps, then the verdict last."""
+        started = time.perf_counter()
+        state_in, run_id = self._input(image, category, references, question)
+        run = _StreamedRun()
+        try:
+            for mode, chunk in self.graph.stream(state_in, self._config(run_id), stream_mode=["updates", "values"]):
+                yield from run.events(mode, chunk, self.runtime)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error verdict
+            run.error = exc
+        except BaseException:
+            self.runtime.end_run(run_id)
+            raise
+        yield {"type": "verdict", "verdict": self._finish(run.state, run_id, image, category, started, trace_dir,
+                                                          run.final_error())}
 
     # chat ----------------------------------------------------------------------------------------
     def _chat_graph(self):
@@ -212,6 +249,37 @@ class AnomalyAgent:
             self._chat_conn = sqlite3.connect(str(path), check_same_thread=False)
             self._chat = build_chat_graph(self.runtime, SqliteSaver(self._chat_conn))
         return self._chat
+
+    def forget_session(self, session: str) -> None:
+        """Drop a chat session: its saved history and the images it holds in memory."""
+        self.runtime.end_run(session)
+        self._chat_graph().checkpointer.delete_thread(session)
+
+    def session_checkpoint(self, session: str) -> str | None:
+        """The id of a chat session's latest checkpoint (None when the session has none)."""
+        snapshot = self._chat_graph().get_state({"configurable": {"thread_id": session}})
+        return (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+
+    def fork_session(self, source: str, checkpoint_id: str, session: str, image: str | Path) -> dict:
+        """Start chat session `session` as a copy of `source` at one of its checkpoints (a branch: `source` is
+        unchanged), its image at `image`; returns the copied state's values.
+
+        Raises:
+            UserInputError: `source` has no such checkpoint.
+        """
+        import copy
+
+        saver = self._chat_graph().checkpointer
+        found = saver.get_tuple({"configurable": {"thread_id": source, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}})
+        if found is None:
+            msg = f"session {source} has no checkpoint {checkpoint_id}. Fix: start a new conversation"
+            raise UserInputError(msg)
+        checkpoint = copy.deepcopy(found.checkpoint)
+        values = checkpoint.get("channel_values", {})
+        if "image" in values:
+            values["image"] = str(image)
+        saver.put({"configurable": {"thread_id": session, "checkpoint_ns": ""}}, checkpoint, found.metadata, {})
+        return values
 
     def session_state(self, session: str) -> dict:
         """The saved state of a chat session ({} when it does not exist)."""

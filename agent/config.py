@@ -122,6 +122,10 @@ class AgentConfig(BaseSettings):
         "passes the same number to vLLM as --limit-mm-per-prompt (older images become a text line)")
     max_memory_normals: int = Field(8, ge=0, description="nearest normal examples retrieved from memory")
     max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
+    survey_weights: dict[str, float] | None = Field(
+        None, description="the survey's other tools and their weights beside patch_knn (agent.survey_fusion; "
+        "None: the defaults chosen by leave-category-out: none beside patch_knn); a tool with weight > 0 "
+        "runs in every survey with references, e.g. {'reference_diff': 0.5} for aligned objects (slower)")
     max_wall_s: float = Field(180.0, gt=0, allow_inf_nan=False)
     max_reflections: int = Field(1, ge=0)
 
@@ -158,6 +162,19 @@ class AgentConfig(BaseSettings):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     min_image_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="images whose shorter side is below "
                                 "this many pixels are refused as too small to judge")
+
+    @field_validator("survey_weights")
+    @classmethod
+    def _survey_tools_known(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        known = ("reference_diff", "parts_check")
+        for name, w in (v or {}).items():
+            if name not in known:
+                msg = f"survey_weights: unknown tool {name!r}; the survey can add {', '.join(known)}"
+                raise ValueError(msg)
+            if not 0.0 <= float(w) <= 4.0:
+                msg = f"survey_weights[{name!r}] must be in [0, 4], got {w}"
+                raise ValueError(msg)
+        return v
 
     @field_validator("base_url")
     @classmethod

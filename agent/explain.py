@@ -156,8 +156,14 @@ def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *
         per = "" if lead.tool == "patch_knn" else f" ({lead.tool})"
         return f"Anomalous, {sure}: {where} of {thing} differs from {refs}{how}{per} {numbers}."
     ratios = [e.normal_ratio for e in scored if e.normal_ratio is not None]
-    within = (f", at most {_times(max(ratios))} as different as they are from each other" if ratios else "")
-    return f"Normal, {sure}: {thing} is within what {refs} show{within} {numbers}."
+    if not ratios:
+        within = ""
+    elif max(ratios) <= 1.05:
+        within = ", no more different than they are from each other"
+    else:
+        within = f", at most {_times(max(ratios))} as different as they are from each other"
+    verb = "shows" if n_references == 1 else "show"
+    return f"Normal, {sure}: {thing} is within what {refs} {verb}{within} {numbers}."
 
 
 def templated_explanation(fusion: FusionResult, evidence: list[Evidence], threshold: float,

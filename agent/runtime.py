@@ -109,10 +109,19 @@ class AgentRuntime:
         """The cheap tools run before the model speaks: with references patch kNN first, then the
         complementary tools the survey fusion counts (`agent.survey_fusion.SURVEY_WEIGHTS`); CLIP without."""
         if n_references > 0:
-            from agent.survey_fusion import SURVEY_WEIGHTS
+            from agent.survey_fusion import MIN_REFERENCES_FOR_OTHERS
 
-            return ["patch_knn", *(name for name, w in SURVEY_WEIGHTS.items() if w > 0)]
+            if n_references < MIN_REFERENCES_FOR_OTHERS:
+                return ["patch_knn"]
+            return ["patch_knn", *(name for name, w in self.survey_weights().items() if w > 0)]
         return ["clip_similarity"] if self.clip_available() else []
+
+    def survey_weights(self) -> dict[str, float]:
+        """The survey's other tools and weights: the configured ones, else `agent.survey_fusion.SURVEY_WEIGHTS`."""
+        from agent.survey_fusion import SURVEY_WEIGHTS
+
+        weights = self.config.survey_weights
+        return dict(SURVEY_WEIGHTS if weights is None else weights)
 
     def run_tool(self, name: str, args: dict, res: RunResources) -> Evidence:
         """Run one tool in a run's context and record it as `Evidence`. Raises `ToolError`."""

@@ -4,7 +4,7 @@
     anomaly-agent eval ROOT --feedback-stream --fold test          # the same, from the CLI
 
 Per category and seed: a run-scoped memory (a temporary folder; the user's memory is never opened) into
-which the category's training normals are imported; then the category's test images of the fold, in
+which the category's first `--shots` (4) training normals are imported (by name: the same for both arms); then the category's test images of the fold, in
 one fixed order shuffled by the seed, are judged one at a time with ``references="memory"``, tools only.
 Two arms with the same order: **without feedback**, and **with feedback**, where each wrong verdict is
 followed by the truth (`agent.feedback.record_feedback`: a miss becomes a labelled anomaly the tools
@@ -39,8 +39,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def run_stream(category, order, feedback: bool, threads: int, normals: list[str] | None = None) -> list[dict]:
-    """Judge `order` one by one against a fresh run-scoped memory; one row per image."""
+def run_stream(category, order, feedback: bool, threads: int, shots: int = 4) -> list[dict]:
+    """Judge `order` one by one against a fresh run-scoped memory holding the category's first `shots` training
+    normals (by name; 0: all of them); one row per image."""
     from agent.api import AnomalyAgent
     from agent.feedback import record_feedback
     from memory.importer import TreeItem, import_items
@@ -52,7 +53,8 @@ def run_stream(category, order, feedback: bool, threads: int, normals: list[str]
         from memory.store import open_store
 
         store = open_store(rt.config)
-        items = [TreeItem(Path(p), category.name, "normal", None, None) for p in (normals or category.train_good)]
+        normals = sorted(category.train_good)[:shots] if shots else category.train_good
+        items = [TreeItem(Path(p), category.name, "normal", None, None) for p in normals]
         import_items(store, rt.embedder(), items)
         rt._memory, rt._memory_checked = store, True  # the agent uses this run-scoped store
         rows = []
@@ -100,7 +102,7 @@ def curve(rows: list[dict], window: int = 10) -> list[float]:
     return out
 
 
-def evaluate(categories, seeds: list[int], threads: int, log=print) -> dict:
+def evaluate(categories, seeds: list[int], threads: int, log=print, shots: int = 4) -> dict:
     """Every category x seed x arm; returns {"runs": [...], "table": [...]} (see `main` for the table)."""
     runs = []
     for category in categories:
@@ -109,7 +111,7 @@ def evaluate(categories, seeds: list[int], threads: int, log=print) -> dict:
             random.Random(seed).shuffle(order)
             for feedback in (False, True):
                 t0 = time.perf_counter()
-                rows = run_stream(category, order, feedback, threads)
+                rows = run_stream(category, order, feedback, threads, shots)
                 first, second = halves(rows)
                 runs.append({"category": category.name, "seed": seed, "feedback": feedback, "rows": rows,
                              "first": first, "second": second, "curve": curve(rows)})
@@ -168,6 +170,43 @@ def print_table(table: list[dict], fold: str) -> None:
               f"{t['second_fpr']:.2f} {ci('second_fpr_ci')} | {ratio} |")
 
 
+def write_html(result: dict, path: Path, fold: str) -> None:
+    """A small page: the table and each category's running error curve (seed 0), with and without feedback."""
+    import html
+
+    rows = "".join(
+        f"<tr><td>{html.escape(t['category'])}</td><td>{'yes' if t['feedback'] else 'no'}</td>"
+        f"<td>{t['first_error']:.3f}</td><td>{t['second_error']:.3f}</td><td>{t['second_recall']:.2f}</td>"
+        f"<td>{t['second_fpr']:.2f}</td></tr>" for t in result["table"])
+    svgs = []
+    for cat in dict.fromkeys(r["category"] for r in result["runs"]):
+        lines = []
+        for run in (r for r in result["runs"] if r["category"] == cat and r["seed"] == min(x["seed"] for x in result["runs"])):
+            n = max(1, len(run["curve"]) - 1)
+            pts = " ".join(f"{5 + 390 * i / n:.1f},{155 - 150 * v:.1f}" for i, v in enumerate(run["curve"]))
+            colour = "#c0392b" if not run["feedback"] else "#1e8449"
+            lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}"/>')
+        svgs.append(f"<h3>{html.escape(cat)}</h3><svg width='400' height='160' style='border:1px solid #ccc'>"
+                    f"{''.join(lines)}</svg>")
+    path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>feedback stream</title>"
+        f"<h1>Feedback stream, fold {html.escape(fold)}</h1><p>Running error over the stream (10 images), "
+        "red: without feedback, green: with feedback.</p>"
+        "<table border='1' cellpadding='4'><tr><th>category</th><th>feedback</th><th>error 1st half</th>"
+        f"<th>error 2nd half</th><th>recall 2nd</th><th>FPR 2nd</th></tr>{rows}</table>{''.join(svgs)}")
+
+
+def run_cli(categories, seeds: list[int], out: Path, fold: str, threads: int = 2, shots: int = 4) -> dict:
+    """`eval --feedback-stream`: run, print the table, write feedback_stream.json and .html under `out`."""
+    result = evaluate(categories, seeds, threads, log=lambda m: print(m, file=sys.stderr, flush=True), shots=shots)
+    print_table(result["table"], fold)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "feedback_stream.json").write_text(json.dumps(result, indent=1, default=str))
+    write_html(result, out / "feedback_stream.html", fold)
+    print(f"wrote {out / 'feedback_stream.json'} and {out / 'feedback_stream.html'}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     from evals.datasets import load_dataset
 
@@ -177,13 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", action="append", help="only this category (repeatable)")
     parser.add_argument("--seed", type=int, action="append", help="stream orders (default 0, 1, 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="write every row and the table as JSON here")
+    parser.add_argument("--shots", type=int, default=4, help="training normals imported (first by name; 0: all)")
+    parser.add_argument("--out", type=Path, help="folder for feedback_stream.json and .html (default runs/feedback-stream)")
     args = parser.parse_args(argv)
     categories = load_dataset(args.root, categories=args.category, fold=args.fold)
-    result = evaluate(categories, args.seed or [0, 1, 2], args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print_table(result["table"], args.fold)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+    run_cli(categories, args.seed or [0, 1, 2], args.out or Path("runs") / "feedback-stream", args.fold, args.threads,
+            args.shots)
     return 0
 
 

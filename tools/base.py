@@ -150,11 +150,14 @@ class ToolOutput(BaseModel):
         normal_ratio: raw score / the references' typical own score (median of their leave-one-out or
             augmented-copy scores): 1 = as different as the normal references are from each other;
             None where the tool has no such scale.
+        log_odds: the calibrated score's log-odds, unbounded (`Calibrator.log_odds`): it keeps the order of
+            scores that round to 1.0; None for tools without a calibrator.
     """
 
     score: float | None = None
     raw_score: float | None = None
     normal_ratio: float | None = None
+    log_odds: float | None = None
     regions: list[Region] = Field(default_factory=list)
     summary: str
     map_path: str | None = None

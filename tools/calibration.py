@@ -55,6 +55,10 @@ class Calibrator:
         """Raw score in spreads above the normals' median."""
         return (float(raw) - self.center) / self.spread
 
+    def log_odds(self, raw: float) -> float:
+        """The calibrated score's log-odds, unbounded (the score itself rounds to 1.0 beyond ~37)."""
+        return self.z(raw) - Z_EDGE
+
     def __call__(self, raw: float) -> float:
         """Calibrated score in [0, 1]."""
         x = self.z(raw) - Z_EDGE

@@ -425,7 +425,8 @@ class PartsCheck(Tool):
             f"{cal.center:.2f} +- {cal.spread:.2f} among references ({how} {len(refs)}) -> calibrated {score:.2f}."
         )
         return self.Output(
-            score=score, raw_score=raw, normal_ratio=ratio_to_normal(raw, cal.center), regions=regions, summary=summary, segmentation=seg,
+            score=score, raw_score=raw, normal_ratio=ratio_to_normal(raw, cal.center),
+            log_odds=cal.log_odds(raw), regions=regions, summary=summary, segmentation=seg,
             n_parts=len(q_parts), counts_by_colour=counts, reference_counts=ref_counts,
             deviations=deviations, best_reference_id=refs[best],
         )

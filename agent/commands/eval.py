@@ -171,9 +171,18 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip report.html (metrics are still written)."),
         policy: str | None = PolicyOption,
+        feedback_stream: bool = typer.Option(False, "--feedback-stream", help="Stream the test images in a fixed seeded order, tools only, references from a run-scoped memory of each category's first --shots (default 4) training normals, with and without the truth given after each wrong verdict (evals.feedback_stream); prints error, recall and FPR per half and writes feedback_stream.json and .html to --out."),
+        stream_seed: list[int] | None = typer.Option(None, "--stream-seed", help="With --feedback-stream: stream orders (repeatable; default 0, 1, 2)."),
         config: Path | None = ConfigOption,
     ) -> None:
         """Evaluate on a dataset: per-category metrics, results.jsonl, report.html."""
+        if feedback_stream:
+            from evals.datasets import load_dataset
+            from evals.feedback_stream import run_cli
+
+            run_cli(load_dataset(root, layout=layout, categories=category, fold=fold), stream_seed or [0, 1, 2],
+                    out or Path("runs") / f"feedback-stream-{root.name}", fold or "all", shots=shots or 4)
+            return
         from rich.console import Console
 
         from evals.datasets import load_dataset

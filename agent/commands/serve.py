@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         request_timeout: float = typer.Option(300.0, "--request-timeout", help="Seconds per request (then 504)."),
         cors_origin: list[str] | None = typer.Option(None, "--cors-origin", help="Allow this origin (repeatable); "
                                                      "no CORS headers without it."),
+        allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="Accept this name in the Host "
+                                                      "header (repeatable); without --api-key only loopback "
+                                                      "names are accepted otherwise."),
         backend: str | None = typer.Option(None, "--backend"),
         base_url: str | None = typer.Option(None, "--base-url"),
         model: str | None = typer.Option(None, "--model"),
@@ -44,7 +47,8 @@ def register(app: typer.Typer) -> None:
                               policy=policy)
         fields = {"host": host, "port": port, "api_key": api_key, "insecure_no_auth": insecure_no_auth,
                   "max_upload_mb": max_upload_mb, "workers": workers, "queue": queue,
-                  "request_timeout_s": request_timeout, "cors_origins": [o for o in cors_origin or [] if o]}
+                  "request_timeout_s": request_timeout, "cors_origins": [o for o in cors_origin or [] if o],
+                  "allowed_hosts": [h for h in allowed_host or [] if h]}
         if data_dir is not None:
             fields["data_dir"] = data_dir
         settings = ServeSettings(**fields)

@@ -33,8 +33,9 @@ def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
         res.ctx.known_defects.append((image_id, f"'{what}' (memory example {ex['id'][:8]})"))
     if wants_refs or not res.ctx.reference_ids:
         return False
-    hard = [e["example"] for e in examples
-            if e["example"]["label"] == "normal" and str(e["example"].get("source") or "").startswith(FEEDBACK_SOURCE)]
+    hard = sorted((e["example"] for e in examples
+                   if e["example"]["label"] == "normal" and str(e["example"].get("source") or "").startswith(FEEDBACK_SOURCE)),
+                  key=lambda ex: ex["id"])  # a fixed order: the same set makes the same bank
     for ex in hard:
         res.ctx.reference_ids.append(res.images.add_file(ex["image_path"], prefix="ref"))
     if hard:
@@ -101,7 +102,9 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
         if not normals:
             msg = f"memory has no normal examples of {category!r}. Fix: `anomaly-agent memory import ROOT --category {category}`"
             raise UserInputError(msg)
-        paths = [e["example"]["image_path"] for e in normals]
+        # in a fixed order (by example id), not by similarity: the same normals then make the same reference
+        # bank for every query, and it is built once instead of once per order
+        paths = [e["example"]["image_path"] for e in sorted(normals, key=lambda e: e["example"]["id"])]
         for path in paths:
             res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
         update["reference_ids"] = list(res.ctx.reference_ids)

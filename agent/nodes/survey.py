@@ -37,7 +37,7 @@ def survey(state: State, *, rt: AgentRuntime) -> dict:
             ev.args = {**ev.args, "stage": SURVEY_STAGE}
         evidence.append(ev)
     if len(names) > 1:
-        evidence.append(survey_evidence(evidence, state["query_id"]))
+        evidence.append(survey_evidence(evidence, state["query_id"], n_refs, rt.survey_weights()))
     for ev in evidence:  # the first scoring evidence carries the notes into the explanation
         if note and ev.score is not None:
             ev.summary = f"{ev.summary} {note}".strip()

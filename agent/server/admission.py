@@ -17,6 +17,7 @@ class Admission:
     def __init__(self, workers: int, queue: int, timeout_s: float) -> None:
         self.workers, self.queue, self.timeout_s = workers, queue, timeout_s
         self._slots = asyncio.Semaphore(workers)
+        self._intake = asyncio.Semaphore(workers)
         self.waiting = 0
         self.running = 0
         self._recent_s: list[float] = []
@@ -69,6 +70,20 @@ class Admission:
             yield
         finally:
             self.release(started)
+
+
+    @asynccontextmanager
+    async def intake(self):
+        """Decode a request's uploads in the block: 503 when the queue is full; the request counts as waiting
+        meanwhile (so the queue's bound covers it), and at most `workers` requests decode at once (apart from the
+        worker slots, so a request does not queue twice)."""
+        self.check()
+        self.waiting += 1
+        try:
+            async with self._intake:
+                yield
+        finally:
+            self.waiting -= 1
 
 
 def timeout_error(limit_s: float) -> ApiError:

@@ -9,7 +9,6 @@ answers at once; GET /readyz once the weights are loaded).
 
 from __future__ import annotations
 
-import secrets
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from agent.config import AgentConfig, load_config
 from agent.server import errors
-from agent.server.errors import ApiError
+from agent.server.guard import RequestGuard, bearer_ok, missing_key
 from agent.server.settings import ServeSettings
 from agent.server.state import ServerState, server_state
 from agent.server.uploads import BodyLimit
@@ -35,10 +34,8 @@ def _auth(settings: ServeSettings):
         if not settings.api_key:
             return
         given = credentials.credentials if credentials else ""
-        if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong api key" if given else "missing api key",
-                           "send 'Authorization: Bearer <api key>' (the key the server was started with)",
-                           headers={"WWW-Authenticate": "Bearer"})
+        if not bearer_ok(f"Bearer {given}", settings.api_key):  # RequestGuard checked it already; kept for /docs
+            raise missing_key()
 
     return require_key
 
@@ -63,24 +60,30 @@ def create_app(settings: ServeSettings | None = None, config: AgentConfig | None
                               "Errors are JSON: {\"error\": {\"type\", \"message\", \"fix\", \"status\"}}.")
     app.state.server = state
     errors.install(app)
+    # the last added runs first: CORS (preflights), then Host/Origin/key checks, then the body limit
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(RequestGuard, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Accept"])
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz():
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Weights loaded; the model endpoint reachable or tools-only stated")
-    async def readyz(st: ServerState = Depends(server_state)):
-        endpoint = await st.endpoint_status() if st.agent is not None else {}
-        body = {"ready": st.ready and not st.problem, "problem": st.problem, **endpoint,
-                "workers": settings.workers, "queue": settings.queue,
-                "running": st.admission.running, "waiting": st.admission.waiting}
-        if not body["ready"]:
+    async def readyz(request: Request, st: ServerState = Depends(server_state)):
+        ready = st.ready and not st.problem
+        if settings.api_key and not bearer_ok(request.headers.get("authorization"), settings.api_key):
+            body = {"ready": ready}  # the details (endpoint, the warm-up error) need the key
+        else:
+            endpoint = await st.endpoint_status() if st.agent is not None else {}
+            body = {"ready": ready, "problem": st.problem, **endpoint, "workers": settings.workers,
+                    "queue": settings.queue, "running": st.admission.running, "waiting": st.admission.waiting}
+        if not ready:
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
 

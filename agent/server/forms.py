@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from starlette.datastructures import FormData, UploadFile
 
 from agent.server.errors import ApiError
-from agent.server.uploads import check_image, safe_name
+from agent.server.uploads import safe_name
 
 
 @dataclass
@@ -27,8 +27,9 @@ async def read_form(request, max_files: int) -> FormData:
     return await request.form(max_files=max_files, max_fields=100)
 
 
-async def images_field(form: FormData, field: str, config, limit: int, required: bool = True) -> list[Upload]:
-    """The validated images of a multipart field (400 when a value is text, not a file)."""
+async def images_field(form: FormData, field: str, state, limit: int, required: bool = True) -> list[Upload]:
+    """The validated images of a multipart field (400 when a value is text, not a file); they are decoded in a
+    worker thread under the admission queue (`ServerState.check_images`)."""
     values = form.getlist(field)
     if required and not values:
         raise ApiError(400, "missing_field", f"no {field!r} field in the form",
@@ -36,15 +37,14 @@ async def images_field(form: FormData, field: str, config, limit: int, required:
     if len(values) > limit:
         raise ApiError(400, "too_many_images", f"{len(values)} {field} in one request (at most {limit})",
                        "split them over several requests")
-    uploads = []
+    items = []
     for i, value in enumerate(values):
         if not isinstance(value, UploadFile):
             raise ApiError(400, "invalid_field", f"{field!r} value {i} is text, not a file",
                            f"send files in {field!r} (curl -F {field}=@part.png)")
-        data = await value.read()
-        name = safe_name(value.filename, f"{field}{i}")
-        uploads.append(Upload(data, check_image(data, name, config), name))
-    return uploads
+        items.append((await value.read(), safe_name(value.filename, f"{field}{i}")))
+    extensions = await state.check_images(items) if items else []
+    return [Upload(data, ext, name) for (data, name), ext in zip(items, extensions, strict=True)]
 
 
 def text_field(form: FormData, field: str, max_len: int = 2000) -> str | None:
@@ -87,5 +87,5 @@ async def references_field(form: FormData, state) -> tuple[list[str] | str | Non
             return "memory", "memory"
         raise ApiError(400, "invalid_field", f"references must be image files or the text 'memory', got {values[0][:40]!r}",
                        "upload normal images as 'references' (repeat the field), or send references=memory")
-    uploads = await images_field(form, "references", state.config, state.settings.max_images * 4)
+    uploads = await images_field(form, "references", state, state.settings.max_images * 4)
     return state.runs.reference_set([(u.data, u.ext) for u in uploads]), "upload"

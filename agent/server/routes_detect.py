@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from agent.schemas import Verdict
-from agent.server.errors import ApiError, split_fix
+from agent.server.errors import ApiError, internal_error, split_fix
 from agent.server.forms import (
     images_field,
     read_form,
@@ -80,24 +80,28 @@ class _Job:
                 "reference_paths": self.references if isinstance(self.references, list) else None})
         return self.run_id
 
-    async def events(self):
+    def events(self):
+        """The agent's steps, then ``{"type": "verdict", "record": ...}`` (run in a worker thread)."""
         self.start()
-        agent = self.state.agent
-        async for event in agent.astream_detect(self.upload.data, category=self.category,
-                                                references=self.references, question=self.question):
+        for event in self.state.agent.stream_detect(self.upload.data, category=self.category,
+                                                    references=self.references, question=self.question):
             if event["type"] == "verdict":
                 verdict = relabel(event["verdict"], self.threshold)
-                record = await asyncio.to_thread(self.state.runs.finish, self.run_id, verdict, self.upload.name,
-                                                 self.state.config.max_image_pixels)
+                record = self.state.runs.finish(self.run_id, verdict, self.upload.name,
+                                                self.state.config.max_image_pixels)
                 yield {"type": "verdict", "record": record}
             else:
                 yield event
+
+    def record(self) -> dict:
+        """Run the job to its end; its record."""
+        return [e for e in self.events() if e["type"] == "verdict"][-1]["record"]
 
 
 async def _parse(request: Request, state: ServerState) -> list[_Job]:
     state.require_ready()
     form = await read_form(request, max_files=state.settings.max_images * 5 + 1)
-    uploads = await images_field(form, "images", state.config, state.settings.max_images)
+    uploads = await images_field(form, "images", state, state.settings.max_images)
     category = text_field(form, "category", 200)
     threshold = threshold_field(form)
     question = text_field(form, "question")
@@ -120,62 +124,34 @@ async def detect(request: Request, state: ServerState = Depends(server_state)):
     deadline = time.monotonic() + state.settings.request_timeout_s
     jobs = await _parse(request, state)
     if wants_stream(request):
-        await state.admission.acquire(deadline)
+        state.admission.check()  # 503 now, as a status; the slot itself is taken inside the stream
         return StreamingResponse(_stream(state, jobs, deadline), media_type="text/event-stream", headers=SSE_HEADERS)
-    async with state.admission.slot(deadline):
-        records = []
-        for job in jobs:
-            remaining = max(0.0, deadline - time.monotonic())
-            record = await _collect(job, remaining, state)
-            records.append(record)
+
+    records = await state.run_blocking(lambda: [job.record() for job in jobs], deadline)
     error = _all_failed(records)
     if error is not None:
         return JSONResponse({**error.body(), "results": records}, status_code=error.status)
     return {"results": records}
 
 
-async def _collect(job: _Job, remaining: float, state: ServerState) -> dict:
-    async def run():
-        record = None
-        async for event in job.events():
-            if event["type"] == "verdict":
-                record = event["record"]
-        return record
-
-    try:
-        return await asyncio.wait_for(run(), remaining)
-    except asyncio.TimeoutError:
-        from agent.server.admission import timeout_error
-
-        raise timeout_error(state.settings.request_timeout_s) from None
-
-
 async def _stream(state: ServerState, jobs: list[_Job], deadline: float):
-    started = time.monotonic()
-    try:
+    def work(emit) -> list[str]:
         for index, job in enumerate(jobs):
-            yield sse("started", {"index": index, "run_id": job.start(), "image": job.upload.name})
-            iterator = job.events().__aiter__()
-            try:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    try:
-                        event = await asyncio.wait_for(iterator.__anext__(), max(0.0, remaining))
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.TimeoutError:
-                        from agent.server.admission import timeout_error
+            emit({"type": "started", "index": index, "run_id": job.start(), "image": job.upload.name})
+            for event in job.events():
+                emit({**event, "index": index, "run_id": job.run_id})
+        return [j.run_id for j in jobs if j.run_id]
 
-                        body = timeout_error(state.settings.request_timeout_s).body()
-                        yield sse("error", {**body, "run_id": job.run_id})
-                        return
-                    event = {**event, "index": index, "run_id": job.run_id}
-                    yield sse(event["type"], event)
-            finally:
-                await iterator.aclose()
-        yield sse("done", {"runs": [j.run_id for j in jobs if j.run_id]})
-    finally:
-        state.admission.release(started)
+    try:
+        async for event in state.stream_blocking(work, deadline):
+            if event["type"] == "result":
+                yield sse("done", {"runs": event["value"]})
+            else:
+                yield sse(event["type"], event)
+    except ApiError as exc:  # 503/504 after the response started: said in the stream
+        yield sse("error", state.redactor.json(exc.body()))
+    except Exception as exc:  # noqa: BLE001 - the response has started: said in the stream
+        yield sse("error", internal_error(exc).body())
 
 
 @router.get("/runs", summary="Recent runs, newest first")
@@ -215,23 +191,27 @@ async def feedback(run_id: str, body: Feedback, state: ServerState = Depends(ser
     path = state.runs.file(run_id, "image")
 
     def store_it():
-        from memory.store import MemoryStoreError
-        from tools.images import load_image
+        from agent.feedback import record_feedback
+        from memory.store import MemoryStoreError, content_id
 
-        embedder = state.agent.runtime.embedder()
-        vector = embedder.embed(load_image(path, state.config.max_image_pixels))
+        existed = store.has(content_id(path.read_bytes()))
         try:
-            example = store.add(path.read_bytes(), meta["category"], body.label, vector, embedder.model_id,
-                                defect_type=body.defect_type if body.label == "anomalous" else None,
-                                description=body.note, source=f"feedback on run {run_id}")
+            learned = record_feedback(state.agent.runtime, store, path, meta["category"], body.label,
+                                      record.get("pred_score"), run_id=run_id, defect_type=body.defect_type,
+                                      note=body.note)
         except MemoryStoreError as exc:
             cause, fix = split_fix(str(exc))
             raise ApiError(409, "conflict", cause, fix or "remove the stored example first") from None
-        return example
+        return learned, existed
 
-    example = await asyncio.to_thread(store_it)
+    learned, existed = await asyncio.to_thread(store_it)
+    example = learned.example
     was = record.get("pred_label")
-    result = {"run_id": run_id, "stored": example.model_dump(mode="json"), "label": body.label,
-              "verdict_was": was, "verdict_was_right": was == body.label if was else None}
+    stored = {**example.model_dump(mode="json", exclude={"image_path"}), "provenance": "feedback"}
+    result = {"run_id": run_id, "stored": stored, "example_id": example.id, "new": not existed,
+              "undo": f"DELETE /v1/memory/examples/{example.id}" if not existed else None,
+              "label": body.label, "verdict_was": was, "verdict_was_right": was == body.label if was else None,
+              "message": learned.message,
+              "threshold": {"before": learned.threshold_before, "after": learned.threshold_after}}
     (state.runs.folder(run_id) / "feedback.json").write_text(json.dumps(result))
     return result

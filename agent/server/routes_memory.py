@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+import re
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.server.errors import ApiError, split_fix
 from agent.server.forms import images_field, read_form, text_field
@@ -38,7 +38,7 @@ async def stats(state: ServerState = Depends(server_state)):
 
     def read():
         data = store.stats()
-        return {"store": store.location,
+        return {"store": "chroma server" if state.config.memory_host else "local",
                 "categories": {c: {**row, "embedding_models": store.embedding_models(c)} for c, row in data.items()}}
 
     return await asyncio.to_thread(read)
@@ -48,7 +48,7 @@ async def stats(state: ServerState = Depends(server_state)):
 async def add_example(request: Request, state: ServerState = Depends(server_state)):
     store = state.memory()
     form = await read_form(request, max_files=2)
-    upload = (await images_field(form, "image", state.config, 1))[0]
+    upload = (await images_field(form, "image", state, 1))[0]
     category = text_field(form, "category", 200)
     label = text_field(form, "label", 20)
     if not category:
@@ -72,14 +72,22 @@ async def add_example(request: Request, state: ServerState = Depends(server_stat
             raise _store_error(exc) from None
 
     example = await asyncio.to_thread(add)
-    return {"stored": example.model_dump(mode="json")}
+    return {"stored": example.model_dump(mode="json", exclude={"image_path"})}
+
+
+NOTE_RELIABILITY = 0.8  # a note sent over HTTP: a person's word, not verified (1.0 is for the CLI's own notes)
+EXAMPLE_ID = re.compile(r"[0-9a-f]{32}")
+NOTE_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class NoteIn(BaseModel):
+    """A class note. Its provenance ("user") is set by the server; reliability at most 0.8 (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
     category: str = Field(..., min_length=1, max_length=200)
     text: str = Field(..., min_length=1, max_length=2000, description="e.g. 'a bright rim is normal'")
-    reliability: float = Field(1.0, ge=0.0, le=1.0)
-    provenance: Literal["user", "feedback", "import"] = "user"
+    reliability: float = Field(NOTE_RELIABILITY, ge=0.0, le=NOTE_RELIABILITY,
+                               description="how much the note counts (at most 0.8 over HTTP)")
 
 
 @router.post("/notes", summary="Add a class note (e.g. 'a bright seam on the left edge is normal')")
@@ -92,12 +100,60 @@ async def add_note(body: NoteIn, state: ServerState = Depends(server_state)):
         from memory.store import MemoryStoreError
 
         try:
-            return store.add_note(body.category, body.text, body.provenance, body.reliability)
+            return store.add_note(body.category, body.text, "user", body.reliability)
         except MemoryStoreError as exc:
             raise _store_error(exc) from None
 
     note = await asyncio.to_thread(add)
     return {"note": note.model_dump(mode="json")}
+
+
+def _gone(kind: str, item_id: str) -> ApiError:
+    where = "GET /v1/memory/notes" if kind == "note" else "the reply that stored it ('stored.id')"
+    return ApiError(404, "not_found", f"no memory {kind} with id {item_id[:40]!r}", f"use an id from {where}")
+
+
+@router.delete("/examples/{example_id}", summary="Remove an example (e.g. undo a feedback)")
+async def delete_example(example_id: str, state: ServerState = Depends(server_state)):
+    store = state.memory()
+    if not EXAMPLE_ID.fullmatch(example_id):
+        raise _gone("example", example_id)
+
+    def delete():
+        from memory.store import ExampleNotFoundError
+
+        try:
+            return store.delete(example_id)
+        except ExampleNotFoundError:
+            raise _gone("example", example_id) from None
+
+    def revert() -> list[str]:
+        from memory.operating_point import describe_move
+
+        return [describe_move(b.category, b, a) for b, a in state.agent.runtime.operating_points().remove(example_id)]
+
+    await asyncio.to_thread(delete)
+    moves = await asyncio.to_thread(revert)
+    message = "removed from memory; it no longer joins references or known defects"
+    return {"deleted": example_id, "thresholds": moves, "message": "; ".join([message, *moves]) + "."}
+
+
+@router.delete("/notes/{note_id}", summary="Remove a class note")
+async def delete_note(note_id: str, state: ServerState = Depends(server_state)):
+    store = state.memory()
+    if not NOTE_ID.fullmatch(note_id):
+        raise _gone("note", note_id)
+
+    def delete():
+        from memory.store import ExampleNotFoundError
+
+        try:
+            store.remove_note(note_id)
+        except ExampleNotFoundError:
+            raise _gone("note", note_id) from None
+
+    await asyncio.to_thread(delete)
+    return {"deleted": note_id}
 
 
 @router.get("/notes", summary="Class notes (of a category)")

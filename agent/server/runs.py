@@ -23,10 +23,12 @@ import numpy as np
 
 from agent.schemas import Verdict
 from agent.server.errors import ApiError
+from agent.server.prune import prune_oldest, touch
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # ids and names are checked with fullmatch
+REFSET_ID = re.compile(r"[0-9a-f]{24}")
 FILES = {"image", "overlay.png", "heat.png", "map.png"}
-EVIDENCE_FILE = re.compile(r"^e(\d{1,3})\.png$")
+EVIDENCE_FILE = re.compile(r"e(\d{1,3})\.png")
 
 
 def _not_found(run_id: str) -> ApiError:
@@ -44,8 +46,9 @@ def heat_layer(grey: np.ndarray) -> np.ndarray:
 class RunStore:
     """Runs and uploaded reference sets on disk (thread-safe for the operations it offers)."""
 
-    def __init__(self, root: Path, max_runs: int = 2000) -> None:
+    def __init__(self, root: Path, max_runs: int = 2000, redactor=None) -> None:
         self.root = Path(root)
+        self.redactor = redactor
         self.runs_dir = self.root / "runs"
         self.refsets_dir = self.root / "refsets"
         self.max_runs = max_runs
@@ -62,7 +65,9 @@ class RunStore:
         folder = self.refsets_dir / key
         paths = [folder / f"ref{i:02d}{ext}" for i, (_, ext) in enumerate(images)]
         with self._lock:
-            if not all(p.is_file() for p in paths):
+            if all(p.is_file() for p in paths):
+                touch(folder)  # in use again: pruned last
+            else:
                 tmp = self.refsets_dir / f".{key}.{uuid.uuid4().hex[:8]}"
                 tmp.mkdir(parents=True)
                 for (data, _), path in zip(images, paths, strict=True):
@@ -73,7 +78,7 @@ class RunStore:
 
     # runs ------------------------------------------------------------------------------------
     def folder(self, run_id: str) -> Path:
-        if not RUN_ID.match(run_id or ""):
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
             raise _not_found(run_id)
         folder = self.runs_dir / run_id
         if not folder.is_dir():
@@ -124,6 +129,8 @@ class RunStore:
                 else:
                     item["map_path"] = None
         record.update({"image": name, "run_id": run_id, "category": verdict.category, **urls})
+        if self.redactor is not None:  # no server folder in a reply (e.g. inside an error's text)
+            record = self.redactor.json(record)
         (folder / "record.json").write_text(json.dumps(record))
         for temp in temp_dirs:  # the tools' per-run temporary folder: its files are copied above
             if temp.name.startswith("anomaly-agent-") and temp.parent == Path(tempfile.gettempdir()):
@@ -143,7 +150,7 @@ class RunStore:
         folder = self.folder(run_id)
         if name == "image":
             path = folder / self.meta(run_id)["query"]
-        elif name in FILES or EVIDENCE_FILE.match(name):
+        elif name in FILES or EVIDENCE_FILE.fullmatch(name):
             path = folder / name
         else:
             path = None
@@ -159,7 +166,7 @@ class RunStore:
         folders = sorted(self.runs_dir.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for folder in folders:
             path = folder / "record.json"
-            if RUN_ID.match(folder.name) and path.is_file():
+            if RUN_ID.fullmatch(folder.name) and path.is_file():
                 rec = json.loads(path.read_text())
                 if disputed is not None and bool(rec.get("disputed")) != disputed:
                     continue
@@ -171,11 +178,8 @@ class RunStore:
         return out
 
     def prune(self) -> None:
-        """Remove the oldest runs beyond `max_runs`."""
+        """Remove the oldest runs beyond `max_runs`, and the oldest uploaded reference sets beyond as many (a
+        set is marked used whenever a request uploads it again)."""
         with self._lock:
-            folders = [p for p in self.runs_dir.iterdir() if RUN_ID.match(p.name)]
-            if len(folders) <= self.max_runs:
-                return
-            folders.sort(key=lambda p: p.stat().st_mtime)
-            for folder in folders[: len(folders) - self.max_runs]:
-                shutil.rmtree(folder, ignore_errors=True)
+            prune_oldest(self.runs_dir, self.max_runs, RUN_ID)
+            prune_oldest(self.refsets_dir, self.max_runs, REFSET_ID)

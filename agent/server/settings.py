@@ -38,7 +38,10 @@ class ServeSettings(BaseModel):
         request_timeout_s: per-request time limit, queue wait included (then 504).
         max_images: images in one POST /v1/detect.
         max_runs: runs kept on disk (the oldest are removed beyond it).
-        cors_origins: origins allowed by CORS (none by default: no CORS headers at all).
+        cors_origins: origins allowed by CORS (none by default: no CORS headers at all); they may also send
+            state-changing requests (others get 403).
+        allowed_hosts: names accepted in the Host header besides the loopback ones and `host` (a server without
+            an api key refuses others: DNS rebinding).
         live_sessions: chat sessions whose images stay in memory (older ones reload from disk).
     """
 
@@ -54,6 +57,7 @@ class ServeSettings(BaseModel):
     max_images: int = Field(16, ge=1)
     max_runs: int = Field(2000, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
     live_sessions: int = Field(32, ge=1)
 
     @property

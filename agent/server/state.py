@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ from fastapi import Request
 from agent.config import AgentConfig
 from agent.server.admission import Admission, timeout_error
 from agent.server.errors import ApiError
+from agent.server.redact import Redactor
 from agent.server.runs import RunStore
 from agent.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+_DONE = object()
 
 
 class ServerState:
@@ -37,7 +39,8 @@ class ServerState:
         self.agent = agent
         self.ready = False
         self.problem: str | None = None
-        self.runs = RunStore(settings.data_dir, settings.max_runs)
+        self.redactor = Redactor.for_server(settings, config)
+        self.runs = RunStore(settings.data_dir, settings.max_runs, self.redactor)
         self.sessions_dir = Path(settings.data_dir) / "sessions"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission(settings.workers, settings.queue, settings.request_timeout_s)
@@ -139,10 +142,74 @@ class ServerState:
         except asyncio.TimeoutError:
             raise timeout_error(self.settings.request_timeout_s) from None
 
+    async def stream_blocking(self, fn: Callable[[Callable[[dict], None]], Any],
+                              deadline: float | None = None) -> AsyncIterator[dict]:
+        """Run ``fn(emit)`` in a worker thread under one admission slot; yield what it emits as it comes, then
+        ``{"type": "result", "value": <what fn returned>}`` (fn's exception is raised instead).
+
+        The slot is taken here, inside the stream (a client that leaves while queued never holds one), and given
+        back only when the thread has finished, also when the client leaves or the time limit passes (504), so
+        no more than `workers` jobs ever run at once.
+        """
+        deadline = deadline or time.monotonic() + self.settings.request_timeout_s
+        await self.admission.acquire(deadline)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def emit(event: dict) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def finished(done) -> None:
+            self.admission.release(started)
+            if not done.cancelled():
+                done.exception()  # retrieved here: a client that left never reads it
+            queue.put_nowait(_DONE)
+
+        future = asyncio.ensure_future(asyncio.to_thread(fn, emit))
+        future.add_done_callback(finished)
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise timeout_error(self.settings.request_timeout_s) from None
+            if item is _DONE:
+                break
+            yield item
+        yield {"type": "result", "value": future.result()}
+
+    async def check_images(self, items: list[tuple[bytes, str]]) -> list[str]:
+        """`check_image` of each (bytes, name) in a worker thread under `Admission.intake` (decoding a 40 MP
+        upload takes a while: the event loop keeps serving, and the queue's bound covers it); their extensions."""
+        from agent.server.uploads import check_image
+
+        async with self.admission.intake():
+            return await asyncio.to_thread(lambda: [check_image(data, name, self.config) for data, name in items])
+
     # chat sessions ---------------------------------------------------------------------------
     def session_lock(self, session: str) -> threading.Lock:
         with self._lock:
             return self._session_locks.setdefault(session, threading.Lock())
+
+    def prune_sessions(self) -> list[str]:
+        """Remove the oldest chat sessions beyond `max_runs` (their folders, saved history and lock), and the
+        OpenAI conversation index entries that pointed to them; returns the ids removed."""
+        from agent.server import openai_convo
+        from agent.server.prune import prune_oldest
+        from agent.server.routes_sessions import SESSION_ID
+
+        removed = prune_oldest(self.sessions_dir, self.settings.max_runs, SESSION_ID)
+        if not removed:
+            return []
+        with self._lock:
+            for session in removed:
+                self._session_locks.pop(session, None)
+                self._live_sessions.pop(session, None)
+        if self.agent is not None:
+            for session in removed:
+                self.agent.forget_session(session)
+        openai_convo.prune(self.sessions_dir / "openai", self.sessions_dir)
+        return removed
 
     def touch_session(self, session: str) -> None:
         """Keep at most `live_sessions` sessions' images in memory; older ones reload from disk on their next

@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import re
 
 from agent.config import AgentConfig
@@ -40,7 +39,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._reject(send, _too_large(self.limit, int(length)))
+            return await _too_large(self.limit, int(length)).send_asgi(send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -49,7 +48,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                return await self._reject(send, _too_large(self.limit))
+                return await _too_large(self.limit).send_asgi(send)
             if not message.get("more_body"):
                 break
         body, sent = b"".join(chunks), False
@@ -62,14 +61,6 @@ class BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _reject(send, error: ApiError) -> None:
-        payload = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": error.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
 
 
 def safe_name(name: str | None, default: str = "image") -> str:

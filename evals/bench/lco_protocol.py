@@ -13,8 +13,12 @@ method's median warm latency per image; then the leave-category-out mean and min
 The candidate grid is declared here, before any run (`CANDIDATES`): today's default (patch_knn alone),
 the plain PatchCore, and the survey fusion rules of `agent.survey_fusion` over a small weight grid:
 - ``add``: patch_knn's log-odds plus each other tool's weighted log-odds beyond its edge (one-sided);
-- ``max``: the largest of patch_knn's and the other tools' weighted log-odds;
-- ``mean``: the weighted mean of all log-odds (the old agent.fusion rule, patch_knn weight 1).
+- ``max``: the largest of patch_knn's and the other tools' weighted log-odds.
+A weighted mean of all log-odds (the old agent.fusion rule) is not a candidate: a tool that measures
+nothing pulls a clear patch_knn reading toward normal (issue 22's "incidental tools dilute"), so it is
+unsafe whatever it scores here. Weights: reference_diff and parts_check each 0, 0.25, 0.5 or 1; each rule
+with the other tools counted at k = 1 too (",k1") or only at k >= 2 (a single reference cannot show a
+tool's own variation, and augmented copies calibrate reference_diff far too tightly).
 Only candidates within MAX_LATENCY_RATIO (3x) of the plain PatchCore's median latency on dev are chosen.
 Adoption (the issue's rule): the leave-category-out mean rises and no category drops by more than 0.01
 against patch_knn alone or the plain PatchCore.
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.fusion import _logit
+from agent.survey_fusion import SurveyTerm
 
 OTHER_TOOLS = ("reference_diff", "parts_check")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
@@ -44,7 +49,7 @@ ADOPT_DROP = 0.01
 def _candidates() -> dict[str, tuple]:
     """name -> (rule, w_reference_diff, w_parts_check, single): `single` counts the other tools at k = 1 too."""
     out: dict[str, tuple] = {"patch_knn": ("base",), "patchcore": ("patchcore",)}
-    for rule, w_rd, w_pc, single in itertools.product(("add", "max", "mean"), WEIGHTS, PC_WEIGHTS, (False, True)):
+    for rule, w_rd, w_pc, single in itertools.product(("add", "max"), WEIGHTS, PC_WEIGHTS, (False, True)):
         if w_rd == 0 and w_pc == 0:
             continue
         out[f"{rule}(rd={w_rd:g},pc={w_pc:g}{',k1' if single else ''})"] = (rule, w_rd, w_pc, single)
@@ -80,13 +85,12 @@ def fused(rule: tuple, row: dict) -> float:
     if row["k"] < 2 and not rule[3]:
         w = {t: 0.0 for t in w}
     base = log_odds(row, "patch_knn")
+    if kind == "add":  # exactly the shipped rule (agent.survey_fusion), before its monotone output map
+        terms = [SurveyTerm("patch_knn", row["patch_knn"][1], 1.0, "", base)]
+        terms += [SurveyTerm(t, row[t][1], w[t], "") for t in OTHER_TOOLS if t in row and w[t] > 0]
+        return sum(t.contribution for t in terms)
     others = [(w[t], _logit(row[t][1])) for t in OTHER_TOOLS if t in row and w[t] > 0]
-    if kind == "add":
-        return base + sum(wi * max(0.0, li) for wi, li in others)
-    if kind == "max":
-        return max([base, *(wi * li for wi, li in others)])
-    total = 1.0 + sum(wi for wi, _ in others)
-    return (base + sum(wi * li for wi, li in others)) / total
+    return max([base, *(wi * li for wi, li in others)])
 
 
 def _auroc(labels, scores) -> float | None:
@@ -225,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         d_pk, d_pc = arr[:, 0] - arr[:, 1], arr[:, 0] - arr[:, 2]
         print(f"k={k}: fused - patch_knn mean {d_pk.mean():+.4f} (worst {d_pk.min():+.4f}); "
               f"fused - PatchCore mean {d_pc.mean():+.4f} (worst {d_pc.min():+.4f})")
+    # adoption, decided on fold dev alone: each category's pick made on the others, against patch_knn alone
+    drops, gains = {}, []
+    for k in ks:
+        for cat in cats:
+            pick = choose(dev, cats, ks, cat, allowed)
+            d = dev[(pick, cat, k)] - dev[("patch_knn", cat, k)]
+            gains.append(d)
+            drops[(cat, k)] = d
+    worst = min(drops, key=drops.get)
+    adopt = float(np.mean(gains)) > 0 and drops[worst] >= -ADOPT_DROP
+    print(f"\ndev, leave-category-out, fused vs patch_knn alone: mean {np.mean(gains):+.4f}, worst {worst} "
+          f"{drops[worst]:+.4f} -> {'adopt' if adopt else 'reject: the survey stays patch_knn alone'}")
     rf = recall_fpr(test_images, CANDIDATES[shipped])
     print(f"\nshipped default {shipped} at threshold 0.5, fold test (recall / FPR):")
     for (cat, k), (r, fp) in sorted(rf.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -35,7 +35,8 @@ def test_references_examples_and_notes_from_memory(tmp_path):
     system = [m for m in first if isinstance(m, SystemMessage)]
     assert "Vertical stripes are normal" in system[0].content
     text = " ".join(str(m.content) for m in first)
-    assert "ANOMALOUS example of 'texture': blob" in text and "a dark round blob" in text
+    blocks = [b.get("text", "") for m in first if isinstance(m.content, list) for b in m.content if isinstance(b, dict)]
+    assert any("ANOMALOUS example of 'texture': \"blob\"" in b and '"a dark round blob"' in b for b in blocks)
     assert "3 normal reference image(s)" in text  # the memory's normals became the references
     assert "4 normal reference" not in text  # the anomalous example is not used as a reference
     assert "patch_knn compared each patch with 3 normal reference" in v.evidence[0].summary

@@ -168,8 +168,9 @@ def test_300_normals_do_not_crowd_out_5_labelled_anomalies(tmp_path):
     v = agent.detect(images["good"], category="texture", references="memory")
     assert v.status == "ok", v.error
     first = backend.model.calls[0]
-    text = " ".join(str(m.content) for m in first if isinstance(m, HumanMessage))
-    assert "ANOMALOUS example of 'texture': blob" in text
+    text = " ".join(b.get("text", "") for m in first if isinstance(m, HumanMessage) and isinstance(m.content, list)
+                    for b in m.content if isinstance(b, dict))
+    assert "ANOMALOUS example of 'texture': \"blob\"" in text
     shown = [b for m in first if isinstance(m.content, list) for b in m.content
              if isinstance(b, dict) and b.get("type") == "image_url"]
     assert len(shown) <= cfg.max_images_per_request

@@ -219,12 +219,13 @@ def test_auth_busy_and_time_limit(tmp_path):
         cfg = serve_config(tmp_path, backend="openai", base_url=fake.base_url, model="fake-vlm", max_retries=0)
         settings = serve_settings(tmp_path, api_key="secret", workers=1, queue=0, request_timeout_s=0.8)
         with ServerThread(create_app(settings, cfg, warm_up=True)) as srv:
-            ready = httpx.get(f"{srv.url}/readyz").json()
+            key = {"Authorization": "Bearer secret"}
+            assert httpx.get(f"{srv.url}/readyz").json() == {"ready": True}  # details need the key
+            ready = httpx.get(f"{srv.url}/readyz", headers=key).json()
             assert ready["backend"] == "openai" and ready["endpoint_reachable"] is True
             files = [("images", ("bad.png", texture_png(101, defect=True), "image/png")), *REFS]
             denied = httpx.post(f"{srv.url}/v1/detect", files=files)
             assert denied.status_code == 401 and "Bearer" in denied.json()["error"]["fix"]
-            key = {"Authorization": "Bearer secret"}
             wrong = httpx.post(f"{srv.url}/v1/detect", files=files, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401
             slow: dict = {}
@@ -232,7 +233,7 @@ def test_auth_busy_and_time_limit(tmp_path):
                                                                                headers=key, timeout=30)))
             thread.start()
             deadline = time.monotonic() + 5
-            while httpx.get(f"{srv.url}/readyz").json()["running"] == 0 and time.monotonic() < deadline:
+            while httpx.get(f"{srv.url}/readyz", headers=key).json()["running"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
             busy = httpx.post(f"{srv.url}/v1/detect", files=files, headers=key)
             thread.join(30)

@@ -76,6 +76,13 @@ def test_web_page_end_to_end(tmp_path, browser):
         page.wait_for_function("document.getElementById('fbStatus').textContent.includes('stored in memory')")
         assert "labelled anomaly" in page.text_content("#fbStatus")
         page.wait_for_selector("#recent .chip.anomalous")
+        stats = page.evaluate("fetch('/v1/memory/stats').then((r) => r.json())")
+        assert stats["categories"]["texture"]["anomalous"] == 1
+        page.click("#fbUndo")  # a DELETE from the page itself: same origin, so the Origin check lets it through
+        page.wait_for_function("document.getElementById('fbStatus').textContent.includes('Undone')")
+        assert page.is_hidden("#fbUndo")
+        stats = page.evaluate("fetch('/v1/memory/stats').then((r) => r.json())")
+        assert stats["categories"].get("texture", {}).get("anomalous", 0) == 0
 
         page.evaluate("window.scrollTo(0, 0)")
         wide = shots / "serve-1280x800.png"

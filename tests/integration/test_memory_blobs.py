@@ -69,8 +69,8 @@ def test_a_worker_elsewhere_shows_memory_examples_with_their_images(chroma_serve
     assert "3 normal reference" in verdict["evidence"][0]["summary"]  # the memory's normals, from the server
     local = worker / "worker-memory" / "images"  # relative memory_path: resolved in the worker's cwd
     assert (local / bad_id[:2] / f"{bad_id}.png").read_bytes() and len(list(local.rglob("*.png"))) == 4
-    text = json.dumps(requests[0].body)
-    assert "ANOMALOUS example of 'texture': blob" in text and "a dark round blob" in text
+    text = json.dumps(requests[0].body)  # the example's quoted defect type and note, as JSON escapes them
+    assert "ANOMALOUS example of 'texture': \\\"blob\\\"" in text and "\\\"a dark round blob\\\"" in text
     shown = [img for req in requests for img in req.images
              if isinstance(img, np.ndarray) and img.shape == bad_pixels.shape]
     # the labelled anomaly reached the model as an image (JPEG-encoded on the way: close, not equal)

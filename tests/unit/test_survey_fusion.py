@@ -33,6 +33,20 @@ def test_fused_score_is_monotone_in_every_tool():
             assert fused_score(_terms(pk, rd, min(pc + bump, 1.0))) >= base
 
 
+def test_other_tools_do_not_count_with_a_single_reference():
+    ev = [Evidence(tool="patch_knn", score=0.2), Evidence(tool="parts_check", score=0.99)]
+    one = survey_evidence(ev, "query", 1, {"parts_check": 0.5})
+    four = survey_evidence(ev, "query", 4, {"parts_check": 0.5})
+    assert four.score > one.score
+    assert "single reference" in one.summary
+
+
+def test_scores_that_round_to_one_keep_their_order():
+    strong = [SurveyTerm("patch_knn", 1.0, 1.0, "base", 60.0)]
+    stronger = [SurveyTerm("patch_knn", 1.0, 1.0, "base", 80.0)]
+    assert fused_score(strong) < fused_score(stronger) < 1.0
+
+
 def test_a_failed_tool_is_listed_not_counted():
     ev = [Evidence(tool="patch_knn", score=0.2, args={"image_id": "query", "stage": "survey"}),
           Evidence(tool="reference_diff", error="boom", args={"image_id": "query", "stage": "survey"})]
@@ -46,7 +60,7 @@ def test_final_fusion_counts_the_survey_reading_once():
     parts = [Evidence(tool="patch_knn", score=0.3, args={"image_id": "query", "stage": "survey"}),
              Evidence(tool="reference_diff", score=0.97, args={"image_id": "query", "stage": "survey"}),
              Evidence(tool="parts_check", score=0.05, args={"image_id": "query", "stage": "survey"})]
-    survey = survey_evidence(parts, "query")
+    survey = survey_evidence(parts, "query", 4, {"reference_diff": 0.5, "parts_check": 0.5})
     result = fuse([*parts, survey])
     assert [t.source for t in result.terms] == ["survey"]
     assert abs(result.score - survey.score) < 1e-9

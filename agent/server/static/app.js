@@ -185,6 +185,8 @@ async function showRecord(record) {
   $("messages").innerHTML = "";
   $("fbStatus").textContent = "";
   $("fbNote").value = "";
+  $("fbUndo").hidden = true;
+  state.feedbackExample = null;
   $("empty").hidden = true;
   $("result").hidden = false;
   $("verdictImage").textContent = `${record.image}${record.category ? " · " + record.category : ""}`;
@@ -246,6 +248,7 @@ function wireVerdict() {
   $("boxToggle").addEventListener("change", drawBoxes);
   $("fbRight").addEventListener("click", () => feedback(true));
   $("fbWrong").addEventListener("click", () => feedback(false));
+  $("fbUndo").addEventListener("click", undoFeedback);
 }
 
 async function feedback(right) {
@@ -261,7 +264,26 @@ async function feedback(right) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const kind = label === "normal" ? "a normal example (hard normal)" : "a labelled anomaly";
-    status.textContent = `Thanks: stored in memory as ${kind} of '${reply.stored.category}'. Similar images are judged with it from now on.`;
+    status.textContent = reply.new
+      ? `Thanks: ${reply.message}`
+      : `This image was already stored in memory as ${kind} of '${reply.stored.category}'; ${reply.message}`;
+    state.feedbackExample = reply.new ? reply.example_id : null;
+    $("fbUndo").hidden = !reply.new;
+  } catch (e) {
+    status.className = "small bad";
+    status.textContent = e.message;
+  }
+}
+
+async function undoFeedback() {
+  const status = $("fbStatus");
+  if (!state.feedbackExample) return;
+  try {
+    const reply = await api(`/v1/memory/examples/${state.feedbackExample}`, { method: "DELETE" });
+    status.className = "small";
+    status.textContent = `Undone: ${reply.message}`;
+    state.feedbackExample = null;
+    $("fbUndo").hidden = true;
   } catch (e) {
     status.className = "small bad";
     status.textContent = e.message;

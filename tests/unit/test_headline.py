@@ -1,0 +1,33 @@
+"""The explanation's first sentence: plain words for what, where, how sure and compared with what."""
+
+from __future__ import annotations
+
+from agent.explain import headline
+from agent.fusion import fuse
+from tools.types import Evidence, Region
+
+
+def _ev(score: float, ratio: float, box=(150, 10, 190, 40)) -> Evidence:
+    return Evidence(tool="patch_knn", score=score, raw_score=ratio, normal_ratio=ratio,
+                    regions=[Region(bbox_xyxy=box, score=1.0)])
+
+
+def test_an_anomaly_says_where_how_sure_and_against_what():
+    ev = [_ev(0.99, 3.02)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=4, category="gasket")
+    assert text.startswith("Anomalous, clearly: the top-right area of the gasket differs from all 4 good references "
+                           "three times as much as they differ from each other")
+    assert "(score 0.99, threshold 0.50)" in text
+
+
+def test_a_normal_image_says_it_is_within_the_references():
+    ev = [_ev(0.05, 0.9)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=1, category=None)
+    assert text.startswith("Normal, clearly: the image is within what the good reference shows")
+    assert "no more different than they are from each other" in text
+
+
+def test_near_the_threshold_it_says_borderline():
+    ev = [_ev(0.55, 1.2)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=4, category="tile")
+    assert text.startswith("Anomalous, borderline:")
