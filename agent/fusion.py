@@ -37,8 +37,8 @@ model talk away a defect that the measurements clearly show:
    terms)``. Without a survey the full-weight tool (``patch_knn``) anchors the reading the same way. A
    reading made only of down-weighted tools (zero-shot CLIP, an incidental tool) has no anchor: it never
    forces a verdict, and the plain weighted fusion decides. Inside the survey, one down-weighted part
-   (``reference_diff``, ``parts_check``, weight 0.5) could add up to 0.5 L ~ 2.30 nats, more than
-   logit(0.9): for the stands rule and the floor (`FusionResult.standing`) its part counts at most just
+   (``reference_diff``, ``parts_check``, at the weight ``survey_weights`` gives it) could add more than
+   logit(0.9) (0.5 L ~ 2.30 nats at weight 0.5): for the stands rule and the floor (`FusionResult.standing`) its part counts at most just
    under logit(0.9), so a down-weighted tool on its own (the rest of the survey reading at or below the
    threshold) never forces a verdict.
 3. **Default, ``evidence-stands``.** With an anchored reading the model's term is fused with the reading
@@ -302,22 +302,25 @@ def clearly_beyond(reading: float, threshold: float) -> bool:
     return _raw_logit(reading) - STANDS_MARGIN >= _raw_logit(threshold)
 
 
-def _survey_standing(on_query: list[Evidence], survey_score: float) -> float:
-    """The survey's reading with one down-weighted part's log-odds capped just under logit(0.9), so that part
-    alone (the others at or below the threshold) never takes the reading clearly beyond the threshold.
-    Non-decreasing in every part's score; equal to the survey's reading whenever no single part adds more."""
-    from agent.survey_fusion import BASE_TOOL, survey_terms
+def _survey_standing(on_query: list[Evidence], survey_score: float, weights: dict[str, float] | None) -> float:
+    """The survey's reading with its largest down-weighted part capped just under logit(0.9) of log-odds, so
+    that part alone (the rest of the survey at or below the threshold) never takes the reading clearly beyond
+    the threshold. Works on the survey's own log-odds (inverting `agent.survey_fusion.to_score`), so it is
+    non-decreasing in every part's score and equals the survey's reading when no single part adds more.
+    `weights`: the survey's weights (`AgentRuntime.survey_weights`; None: the defaults)."""
+    from agent.survey_fusion import BASE_TOOL, survey_terms, to_score
 
-    terms = survey_terms([ev for ev in on_query if (ev.args or {}).get("stage") == "survey"])
-    if not any(t.tool == BASE_TOOL for t in terms):
-        return survey_score
-    total = sum(t.contribution for t in terms)
+    terms = survey_terms([ev for ev in on_query if (ev.args or {}).get("stage") == "survey"], 2, weights)
     top = max((t.contribution for t in terms if t.tool != BASE_TOOL), default=0.0)
-    capped = total - max(0.0, top - SINGLE_PART_CAP)
-    return min(survey_score, _sigmoid(min(capped, 2 * LOGIT_BOUND)))
+    excess = top - SINGLE_PART_CAP
+    if excess <= 0 or not any(t.tool == BASE_TOOL for t in terms):
+        return survey_score
+    total = LOGIT_BOUND * math.sinh(_raw_logit(survey_score) / LOGIT_BOUND)  # the survey's L
+    return min(survey_score, to_score(total - excess))
 
 
-def measured_reading(on_query: list[Evidence]) -> tuple[float | None, float | None, list[FusionTerm], bool]:
+def measured_reading(on_query: list[Evidence], survey_weights: dict[str, float] | None = None,
+                     ) -> tuple[float | None, float | None, list[FusionTerm], bool]:
     """(the measured reading s, the reading the stands rule reads, the tool terms, whether it is anchored)
     for evidence about the query.
 
@@ -339,7 +342,7 @@ def measured_reading(on_query: list[Evidence]) -> tuple[float | None, float | No
     reading = max(combine(base), plain)
     if not survey:
         return reading, reading, t_terms, True
-    standing = _survey_standing(on_query, survey[0].probability)
+    standing = _survey_standing(on_query, survey[0].probability, survey_weights)
     return reading, (standing if len(t_terms) == 1 else max(standing, plain)), t_terms, True
 
 
@@ -361,7 +364,8 @@ def _disagreements(best: dict[str, Evidence], label: str | None, p_normal: float
 def fuse(evidence: list[Evidence], model_label: str | None = None,
          model_probability: float | None = None, threshold: float = 0.5, *,
          p_normal: float | None = None, policy: str = DEFAULT_POLICY,
-         query_ids: Collection[str] | None = None, model_weight_factor: float = 1.0) -> FusionResult:
+         query_ids: Collection[str] | None = None, model_weight_factor: float = 1.0,
+         survey_weights: dict[str, float] | None = None) -> FusionResult:
     """Combine tool evidence and the model's answer by the module's formula and safety policy.
 
     Args:
@@ -373,6 +377,8 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
         policy: "evidence-stands" (default) or "model-decides".
         query_ids: ids of the query and the images derived from it; None = all evidence is about the query.
         model_weight_factor: scales the model's log-probability weight (0.5 for "logprobs-partial").
+        survey_weights: the weights the survey used (`AgentRuntime.survey_weights`; None: the defaults), for
+            the cap on one down-weighted survey part (module docstring, 2).
 
     Raises:
         ValueError: when there is nothing to fuse (no scoring tool and no model answer), or an unknown policy.
@@ -383,7 +389,7 @@ def fuse(evidence: list[Evidence], model_label: str | None = None,
     on_query, other = split_by_image(evidence, query_ids)
     excluded = tuple(f"{ev.tool} on {evidence_image(ev)} {float(ev.score):.2f}" for ev in other)
     best = best_per_tool(without_survey_parts(on_query))
-    reading, standing, t_terms, anchored = measured_reading(on_query)
+    reading, standing, t_terms, anchored = measured_reading(on_query, survey_weights)
     m_term = model_term(model_label, model_probability, model_weight_factor)
     if not t_terms and m_term is None:
         msg = "nothing to fuse: no tool produced a score on the query image and no model answered"

@@ -65,7 +65,8 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     try:
         result = fuse_scores(evidence, label, probability, threshold, p_normal=(answer or {}).get("p_normal"),
                              policy=cfg.policy, query_ids=on_query,
-                             model_weight_factor=float((answer or {}).get("weight_factor", 1.0)))
+                             model_weight_factor=float((answer or {}).get("weight_factor", 1.0)),
+                             survey_weights=rt.survey_weights())
     except ValueError:
         if state.get("model_error"):
             from agent.backends.errors import ModelOutputError

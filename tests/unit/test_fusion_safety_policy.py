@@ -24,11 +24,14 @@ def ev(tool, score, stage=None, box=(10, 20, 50, 60)):
     return Evidence(tool=tool, score=score, args=args, summary="", regions=[Region(bbox_xyxy=box, score=score)])
 
 
-def surveyed(patch_knn, reference_diff=0.2, parts_check=0.3):
+WEIGHTS = {"reference_diff": 0.5, "parts_check": 0.5}  # an opted-in survey (`survey_weights`)
+
+
+def surveyed(patch_knn, reference_diff=0.2, parts_check=0.3, weights=WEIGHTS):
     """The survey's evidence as `agent.nodes.survey` records it: the parts (stage "survey") and the reading."""
     parts = [ev("patch_knn", patch_knn, "survey"), ev("reference_diff", reference_diff, "survey"),
              ev("parts_check", parts_check, "survey")]
-    return [*parts, survey_evidence(parts, "query")]
+    return [*parts, survey_evidence(parts, "query", 4, weights)]
 
 
 def logit(p):
@@ -100,25 +103,30 @@ def test_a_down_weighted_tool_on_its_own_never_forces_a_verdict():
     assert result.label == "normal" and result.disputed
 
 
+HEAVY = {"reference_diff": 2.0, "parts_check": 0.5}
+
+
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
 def test_one_down_weighted_survey_part_on_its_own_never_forces_a_verdict(threshold):
-    """reference_diff at its bound adds 0.5 L ~ 2.30 nats to the survey, more than logit(0.9): with patch_knn
-    reading at the threshold (in the survey's soft-bounded log-odds) and parts_check quiet, the survey's
-    reading is beyond the margin, yet it does not stand on that one part."""
+    """reference_diff at weight 2 adds up to 2 L ~ 9.2 nats to the survey, far more than logit(0.9): with
+    patch_knn's survey reading at the threshold and parts_check quiet, the survey's reading is beyond the
+    margin, yet it does not stand on that one part."""
     from agent.fusion import LOGIT_BOUND
 
-    at_threshold = 1 / (1 + math.exp(-LOGIT_BOUND * math.atanh(logit(threshold) / LOGIT_BOUND)))
-    evidence = surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.2)
-    result = fuse(evidence, "normal", 1e-4, threshold, p_normal=0.9999, query_ids={"query"})
+    at_threshold = 1 / (1 + math.exp(-LOGIT_BOUND * math.sinh(logit(threshold) / LOGIT_BOUND)))  # survey reads t
+    evidence = surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.2, weights=HEAVY)
+    result = fuse(evidence, "normal", 1e-4, threshold, p_normal=0.9999, query_ids={"query"}, survey_weights=HEAVY)
     assert clearly_beyond(result.reading, threshold)  # the survey's reading itself
     assert not result.stands and result.standing < result.reading
-    assert result.label == "normal" and result.disputed
-    both = fuse(surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.99), "normal", 1e-4, threshold,
-                p_normal=0.9999, query_ids={"query"})
+    assert result.floor < threshold and result.disputed  # nothing holds it on the anomalous side
+    if threshold >= 0.5:  # (at a low threshold the log-odds mean of reading and model stays above it)
+        assert result.label == "normal"
+    both = fuse(surveyed(at_threshold, reference_diff=1 - 1e-9, parts_check=0.99, weights=HEAVY), "normal", 1e-4, threshold,
+                p_normal=0.9999, query_ids={"query"}, survey_weights=HEAVY)
     assert both.stands and both.label == "anomalous"  # two tools together do
-    lead = fuse(surveyed(0.6 if threshold < 0.6 else 0.9, reference_diff=1 - 1e-9), "normal", 1e-4, threshold,
-                p_normal=0.9999, query_ids={"query"})
-    assert lead.standing == pytest.approx(lead.reading, abs=0.02)
+    lead = fuse(surveyed(0.6 if threshold < 0.6 else 0.9, reference_diff=0.7, weights=HEAVY), "normal", 1e-4, threshold,
+                p_normal=0.9999, query_ids={"query"}, survey_weights=HEAVY)
+    assert lead.standing == pytest.approx(lead.reading)  # a part under the cap counts fully
 
 
 def test_incidental_tools_can_raise_the_reading():
@@ -152,9 +160,12 @@ def cases(draw):
     return scores, label, p, factor, threshold, policy
 
 
+PROPERTY_WEIGHTS = {"reference_diff": 2.0, "parts_check": 0.5}  # one part heavier than logit(0.9) alone
+
+
 def evidence_of(scores):
     parts = [ev(k[2:], v, "survey") for k, v in scores.items() if k.startswith("s:")]
-    out = [*parts, survey_evidence(parts, "query")] if parts else []
+    out = [*parts, survey_evidence(parts, "query", 4, PROPERTY_WEIGHTS)] if parts else []
     return out + [ev(k, v) for k, v in scores.items() if not k.startswith("s:")]
 
 
@@ -162,7 +173,7 @@ def run(scores, label, p, factor, threshold, policy):
     if label is None and p is not None:
         p = None
     return fuse(evidence_of(scores), label, p, threshold, policy=policy, query_ids={"query"},
-                model_weight_factor=factor)
+                model_weight_factor=factor, survey_weights=PROPERTY_WEIGHTS)
 
 
 @settings(max_examples=300, deadline=None)
