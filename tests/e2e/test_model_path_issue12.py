@@ -118,7 +118,8 @@ def test_a_model_answering_normal_without_logprobs_never_hides_measured_defects(
     for v in verdicts:
         assert v.score_source == "label"
         assert v.disputed and v.policy == "evidence-stands"
-        assert "Disagreement: survey flagged box" in v.explanation  # the survey's fused reading (patch_knn and its complements)
+        # patch_knn, or the survey's fused reading when survey_weights opts in the complementary tools
+        assert "Disagreement: patch_knn flagged box" in v.explanation or "Disagreement: survey flagged box" in v.explanation
         assert 'the model concluded "normal" (a label without probabilities)' in v.explanation
         assert 'Its reason: "Looks like the references to me."' in v.explanation
 

@@ -82,6 +82,7 @@ def test_a_normal_at_p_normal_0_9999_cannot_hide_a_clear_defect(tmp_path, held_o
     assert all(v.score_source == "logprobs" and v.disputed and v.policy == policy for v in verdicts)
     if policy == "evidence-stands":
         _check_disputed(verdicts, "P(normal) 0.9999 from token log-probabilities")
-    else:  # the opt-in policy lets the confident model decide: the same defects read normal
-        assert all(v.pred_label == "normal" for v in verdicts), [v.pred_score for v in verdicts]
-        assert all("Policy model-decides: the weighted fusion decides, normal" in v.explanation for v in verdicts)
+        assert all(v.pred_score >= 0.75 for v in verdicts), [v.pred_score for v in verdicts]
+    else:  # the opt-in policy lets the confident model pull the same defects to a coin flip (issue 22: 0.51-0.52)
+        assert all(v.pred_score < 0.6 for v in verdicts), [v.pred_score for v in verdicts]
+        assert all("Policy model-decides: the weighted fusion decides" in v.explanation for v in verdicts)
