@@ -131,9 +131,10 @@ class AgentConfig(BaseSettings):
 
     # decision
     threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
-    dismiss_confidence: float = Field(
-        0.9, ge=0.5, le=1.0, description="the model's P(normal), from token log-probabilities, needed to "
-        "overrule tools that flag the query; a label without probabilities or 'uncertain' never does")
+    policy: Literal["evidence-stands", "model-decides"] = Field(
+        "evidence-stands", description="safety policy (README 'Safety policy'): 'evidence-stands' keeps a measured "
+        "reading clearly beyond the threshold (by logit(0.9) in log-odds) anomalous whatever the model says, and "
+        "lets the model lower it only within the anomalous side; 'model-decides' lets the plain weighted fusion decide")
 
     # memory
     memory_path: Path = Field(default_factory=lambda: default_home() / "memory")

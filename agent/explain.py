@@ -33,7 +33,7 @@ def _model_view(d: Disagreement) -> str:
     return f'the model concluded "{d.model_label}" (a label without probabilities)'
 
 
-def disagreement_line(d: Disagreement, threshold: float, dismiss_confidence: float, reason: str = "") -> str:
+def disagreement_line(d: Disagreement, threshold: float, reason: str = "") -> str:
     """One sentence: which tool flagged which box at what score, what the model concluded and why,
     and what the fusion policy did about it."""
     where = f" box {_format_xyxy(d.box)}" if d.box else ""
@@ -42,17 +42,9 @@ def disagreement_line(d: Disagreement, threshold: float, dismiss_confidence: flo
         return (f"Disagreement: {_model_view(d)}{why}; {d.tool} scored only {d.score:.2f}{where} on the query "
                 f"(threshold {threshold:.2f}).")
     head = f"Disagreement: {d.tool} flagged{where} at {d.score:.2f}; {_model_view(d)}{why}."
-    if d.outcome == "dismissed":
-        return f"{head} Its P(normal) clears dismiss_confidence {dismiss_confidence:.2f}, so its answer overrules the tool."
-    if d.outcome == "tools stand":
-        if d.model_label == "uncertain":
-            cause = '"uncertain" never dismisses a measured defect'
-        elif d.p_normal is None:
-            cause = "a label without probabilities never dismisses a measured defect"
-        else:
-            cause = f"its P(normal) is below dismiss_confidence {dismiss_confidence:.2f}"
-        return f"{head} The tools' verdict stands: {cause}."
-    return f"{head} The fused score still follows the tool."
+    if d.outcome == "model prevailed":
+        return f"{head} The model's answer took the score below the threshold {threshold:.2f}."
+    return f"{head} The verdict stays anomalous with the measured evidence."
 
 
 def _first_sentence(text: str, limit: int = 200) -> str:
@@ -62,10 +54,45 @@ def _first_sentence(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def _model_answer(fusion: FusionResult) -> str:
+    label, p_normal = fusion.model_label, fusion.p_normal
+    if p_normal is not None:
+        return f'"{label}" (P(normal) {p_normal:.4g} from token log-probabilities)'
+    if fusion.model is not None and fusion.model.source == "model":
+        return f'"{label}" (P(anomalous) {fusion.model.probability:.4g} from token log-probabilities)'
+    return f'"{label}" (a label without probabilities)'
+
+
+def disputed_line(fusion: FusionResult, threshold: float, reason: str = "") -> str:
+    """The model's answer and reason beside the measured evidence, and what the policy did (a disputed verdict)."""
+    side = "anomalous" if fusion.reading is not None and fusion.reading >= threshold else "normal"
+    tools = ", ".join(f"{t.source} {t.probability:.2f}" for t in fusion.tool_terms)
+    why = f' Its reason: "{reason}"' if reason else " It gave no reason."
+    evidence = (f"The measured evidence reads {fusion.reading:.2f} ({tools}), on the {side} side of the "
+                f"threshold {threshold:.2f}")
+    if fusion.stands:
+        evidence += " and clearly beyond it (by at least logit(0.9) in log-odds)"
+    text = f"Disputed: the model answered {_model_answer(fusion)}.{why} {evidence}."
+    if fusion.policy == "model-decides":
+        return text + (f" Policy model-decides: the weighted fusion decides, {fusion.label} at {fusion.score:.2f}.")
+    if fusion.label == side:
+        if fusion.stands:
+            return text + (f" Policy evidence-stands: the measured evidence stands; the model may lower the score only"
+                           f" within the anomalous side ({fusion.score:.2f}).")
+        return text + f" Policy evidence-stands: the verdict stays {side} ({fusion.score:.2f})."
+    return text + (f" Policy evidence-stands: the reading is not clearly beyond the threshold, so the model's answer"
+                   f" moved the verdict to {fusion.label} ({fusion.score:.2f}).")
+
+
 def policy_notes(fusion: FusionResult, threshold: float, model_text: str = "") -> list[str]:
-    """The disagreements and the evidence left out of the score, as sentences (empty when none)."""
+    """The disputed verdict's two sides, the disagreements and the evidence left out of the score, as
+    sentences (empty when none)."""
     reason = _first_sentence(model_text) if model_text else ""
-    lines = [disagreement_line(d, threshold, fusion.dismiss_confidence, reason) for d in fusion.disagreements]
+    lines = []
+    if fusion.disputed and fusion.model_label is not None:
+        lines.append(disputed_line(fusion, threshold, reason))
+        reason = ""  # said once, beside the evidence
+    lines.extend(disagreement_line(d, threshold, reason) for d in fusion.disagreements)
     if fusion.excluded:
         lines.append(f"Left out of the score (not about the query image): {', '.join(fusion.excluded)}.")
     return lines
@@ -155,7 +182,8 @@ def templated_explanation(fusion: FusionResult, evidence: list[Evidence], thresh
 
 
 def cite_fusion(model_text: str, fusion: FusionResult, threshold: float) -> str:
-    """The model's explanation, every model-vs-tool disagreement, then the measured basis of the final score."""
+    """The model's explanation, the disputed verdict's two sides (when disputed), every model-vs-tool
+    disagreement, then the measured basis of the final score."""
     relation = ">=" if fusion.label == "anomalous" else "<"
     basis = f"Final: {fusion.label} ({fusion.describe()}, {relation} threshold {threshold:.2f})."
     model_text = model_text.strip()

@@ -25,19 +25,44 @@ The formula (a weighted mean in log-odds, i.e. a logistic combination with fixed
 - A tool called several times (e.g. on zooms) contributes its highest score once: a defect seen anywhere counts.
 - The label is ``anomalous`` iff ``pred_score >= threshold`` (default 0.5), never parsed from text.
 
-The inspection-safe policy (a hesitant model never hides a measured defect):
+The safety policy (setting ``policy``; README "Safety policy"). An inspection tool must never let a
+model talk away a defect that the measurements clearly show:
 
 1. Only evidence about the query image, or an image derived from it (a zoom, a SAM crop, an enhanced
    copy), enters the score. A tool run on a reference (``image_id="ref0"``) or a crop of one is left
    out and listed in `FusionResult.excluded`.
-2. The tools' own verdict is the fusion of the tool terms alone (`FusionResult.tools_score`). When it
-   is at or above the threshold and the model's vote would pull the fused score below it, the model
-   dismisses the tools only if it answered "normal" with ``P(normal) >= dismiss_confidence`` (default
-   0.9) read from token log-probabilities. A label without probabilities, or "uncertain", never
-   dismisses: the model's vote is then not counted and the score is the tools' score.
-3. Every disagreement between the model and a tool about the query is returned as a `Disagreement`
-   (which tool, its best box, its score, what the model concluded and what the policy did), and
-   `agent.explain` writes each into the explanation.
+2. **The measured reading** ``s`` (`FusionResult.reading`) is the survey's fused reading (`agent.survey_fusion`)
+   when there is one; without a survey, the fusion of the tool terms alone. Tools the model calls after the
+   survey can raise the reading but never lower it below the survey's: ``s = max(survey, fusion of all tool
+   terms)``. Without a survey the full-weight tool (``patch_knn``) anchors the reading the same way. A
+   reading made only of down-weighted tools (zero-shot CLIP, an incidental tool) has no anchor: it never
+   forces a verdict, and the plain weighted fusion decides. Inside the survey, one down-weighted part
+   (``reference_diff``, ``parts_check``, at the weight ``survey_weights`` gives it) could add more than
+   logit(0.9) (0.5 L ~ 2.30 nats at weight 0.5): for the stands rule and the floor (`FusionResult.standing`) its part counts at most just
+   under logit(0.9), so a down-weighted tool on its own (the rest of the survey reading at or below the
+   threshold) never forces a verdict.
+3. **Default, ``evidence-stands``.** With an anchored reading the model's term is fused with the reading
+   (one term, weight 1), and the result may not fall below a floor that follows the reading:
+
+       score = max( combine([reading s (w 1), model]),  floor(s') ),
+       floor(s') = sigmoid(logit(s') - logit(0.9))   (raised to the threshold when it is beyond the margin)
+
+   where s' is the standing reading: s, with one down-weighted survey part capped (2, above).
+
+   The model can move the reading down by at most logit(0.9) ~ 2.2 nats of log-odds. So a reading
+   *clearly beyond* the active threshold t, ``logit(s) >= logit(t) + logit(0.9)`` (0.9 when t = 0.5; relative
+   to a refit per-category threshold when there is one), stays anomalous whatever the model says: the model
+   may lower the score only within the anomalous side, never below t. Below that margin a confident
+   "normal" still lowers the reading across the threshold: the model keeps its use against near-edge
+   false alarms. The score is continuous and monotone non-decreasing in every tool score and in the
+   model's P(anomalous): there is no dismissal rule that makes it jump.
+4. **Opt-in ``model-decides``**, for users who trust their model: the plain weighted fusion above decides
+   (no floor, and incidental tools count as ordinary terms).
+5. The verdict is **disputed** when the model's label ("normal" or "anomalous"; "uncertain" takes no side)
+   is on the other side of the threshold from the measured reading. A disputed verdict says so, with
+   the model's reason and the evidence side by side (`agent.explain`), under either policy. Every
+   disagreement between the model and a tool about the query is returned as a `Disagreement` (which
+   tool, its best box, its score, what the model concluded and what the policy did).
 """
 
 from __future__ import annotations
@@ -60,7 +85,11 @@ MODEL_WEIGHT_LOGPROBS = 1.0
 MODEL_WEIGHT_LABEL = 0.5
 MODEL_WEIGHT_UNCERTAIN = 0.25
 LABEL_PROBABILITY = {"anomalous": 0.85, "normal": 0.15, "uncertain": 0.5}
-DISMISS_CONFIDENCE = 0.9
+POLICIES = ("evidence-stands", "model-decides")
+DEFAULT_POLICY = "evidence-stands"
+STANDS_MARGIN = math.log(0.9 / 0.1)  # logit(0.9): "clearly beyond" the threshold, and the most the model may lower
+ANCHOR_WEIGHT = 1.0  # a tool at this weight (or the survey) anchors the measured reading; below it: down-weighted
+SINGLE_PART_CAP = STANDS_MARGIN * (1.0 - 1e-6)  # one down-weighted survey part's most log-odds toward "stands"
 LOGIT_BOUND = math.log(0.99 / 0.01)  # L: a single source counts at most as much as p = 0.99
 _P_EPS = 1e-15  # near float64's resolution at 1: scores keep their order up to logit ~34
 
@@ -89,14 +118,14 @@ class Disagreement:
     """The model and one tool disagree about the query.
 
     Attributes:
-        tool: the tool's name.
+        tool: the tool's name ("survey" for the survey's fused reading).
         score: its best calibrated score on the query (or a crop of it).
         box: its top region (xyxy, original-image pixels), or None.
         model_label: "normal", "anomalous" or "uncertain".
         p_normal: the model's P(normal) from token log-probabilities, None without them.
-        outcome: "dismissed" (the model's confident "normal" overrode the tool), "tools stand"
-            (the model's vote was not counted), "kept" (the fused label sides with the tool anyway)
-            or "model flagged" (the model saw an anomaly the tool did not measure).
+        outcome: "evidence stands" (the verdict stays anomalous with the tool), "model prevailed" (the
+            model's answer took the verdict below the threshold) or "model flagged" (the model saw an
+            anomaly the tool did not measure).
     """
 
     tool: str
@@ -113,13 +142,25 @@ class FusionResult:
 
     Attributes:
         score / label: the final score in [0, 1] and its label (score >= threshold).
-        terms: the terms that produced `score`.
-        tools_score: the fusion of the tool terms alone (None without a scoring tool on the query).
-        model: the model's term (None without a model answer), counted or not.
-        model_counted: False when the policy refused the model's dismissal.
+        terms: the terms that produced the model-weighted part of `score` (under "evidence-stands" with an
+            anchored reading: the measured reading and the model).
+        tools_score: the verdict's score without the model (None without a scoring tool on the query).
+        model: the model's term (None without a model answer).
         excluded: scored evidence left out because it is not about the query ("patch_knn on ref0 0.91").
         disagreements: every model-vs-tool disagreement about the query.
-        dismiss_confidence: the P(normal) the model needed to dismiss a tool-measured defect.
+        policy: "evidence-stands" or "model-decides".
+        reading: the measured reading s (module docstring, 2), None without a scoring tool on the query.
+        standing: the reading the stands rule and the floor read: `reading`, except that one down-weighted
+            survey part alone counts at most just under logit(0.9) (module docstring, 2).
+        tool_terms: the tool terms the reading was built from.
+        anchored: the reading has a survey or full-weight tool (only then can it stand).
+        stands: the reading is clearly beyond the threshold (by logit(0.9) in log-odds) and the policy
+            keeps it anomalous whatever the model says.
+        floor: the floor the model could not push the score below (None when none applies).
+        floored: the floor raised the score above the model-weighted fusion.
+        disputed: the model's label is on the other side of the threshold from the reading.
+        threshold: the threshold the label was decided at.
+        model_label / p_normal: the model's answer as given to `fuse` (None without one).
     """
 
     score: float
@@ -127,16 +168,32 @@ class FusionResult:
     terms: tuple[FusionTerm, ...]
     tools_score: float | None = None
     model: FusionTerm | None = None
-    model_counted: bool = True
     excluded: tuple[str, ...] = ()
     disagreements: tuple[Disagreement, ...] = field(default_factory=tuple)
-    dismiss_confidence: float = DISMISS_CONFIDENCE
+    policy: str = DEFAULT_POLICY
+    reading: float | None = None
+    standing: float | None = None
+    tool_terms: tuple[FusionTerm, ...] = ()
+    anchored: bool = False
+    stands: bool = False
+    floor: float | None = None
+    floored: bool = False
+    disputed: bool = False
+    threshold: float = 0.5
+    model_label: str | None = None
+    p_normal: float | None = None
 
     def describe(self) -> str:
-        parts = ", ".join(f"{t.source} {t.probability:.2f} (w {t.weight:g})" for t in self.terms)
-        text = f"fused score {self.score:.2f} from {parts}"
-        if self.model is not None and not self.model_counted:
-            text += f"; the {self.model.source}'s {self.model.probability:.2f} not counted (it cannot dismiss the tools)"
+        tools = ", ".join(f"{t.source} {t.probability:.2f} (w {t.weight:g})" for t in self.tool_terms)
+        if self.policy == "model-decides" or not self.anchored or self.model is None:
+            parts = ", ".join(f"{t.source} {t.probability:.2f} (w {t.weight:g})" for t in self.terms)
+            return f"fused score {self.score:.2f} from {parts}"
+        m = self.model
+        text = (f"fused score {self.score:.2f} from the measured reading {self.reading:.2f} ({tools}) and the "
+                f"{m.source} {m.probability:.2f} (w {m.weight:g})")
+        if self.floored:
+            text += (f"; the model may lower the measured reading by at most logit(0.9) in log-odds"
+                     f"{', and never below the threshold' if self.stands else ''}, so the score is held at {self.floor:.2f}")
         return text
 
 
@@ -221,15 +278,84 @@ def _box(ev: Evidence) -> tuple[int, int, int, int] | None:
     return tuple(regions[0].bbox_xyxy) if regions else None  # type: ignore[return-value]
 
 
+
+def _raw_logit(p: float) -> float:
+    """Plain log-odds of p (clipped to float resolution), for margins against the threshold."""
+    p = min(max(float(p), _P_EPS), 1.0 - _P_EPS)
+    return math.log(p / (1.0 - p))
+
+
+def stands_floor(reading: float, threshold: float) -> float:
+    """The lowest score the model may bring an anchored reading to under "evidence-stands":
+    ``sigmoid(logit(reading) - logit(0.9))``, and at least the threshold once the reading is clearly beyond
+    it (``logit(reading) >= logit(threshold) + logit(0.9)``). Non-decreasing and continuous in the reading
+    (up to float rounding at the margin)."""
+    shifted = _raw_logit(reading) - STANDS_MARGIN
+    floor = _sigmoid(shifted)
+    if shifted >= _raw_logit(threshold):
+        floor = max(floor, float(threshold))
+    return floor
+
+
+def clearly_beyond(reading: float, threshold: float) -> bool:
+    """The reading is at least logit(0.9) nats above the threshold in log-odds."""
+    return _raw_logit(reading) - STANDS_MARGIN >= _raw_logit(threshold)
+
+
+def _survey_standing(on_query: list[Evidence], survey_score: float, weights: dict[str, float] | None) -> float:
+    """The survey's reading with its largest down-weighted part capped just under logit(0.9) of log-odds, so
+    that part alone (the rest of the survey at or below the threshold) never takes the reading clearly beyond
+    the threshold. Works on the survey's own log-odds (inverting `agent.survey_fusion.to_score`), so it is
+    non-decreasing in every part's score and equals the survey's reading when no single part adds more.
+    `weights`: the survey's weights (`AgentRuntime.survey_weights`; None: the defaults)."""
+    from agent.survey_fusion import BASE_TOOL, survey_terms, to_score
+
+    terms = survey_terms([ev for ev in on_query if (ev.args or {}).get("stage") == "survey"], 2, weights)
+    top = max((t.contribution for t in terms if t.tool != BASE_TOOL), default=0.0)
+    excess = top - SINGLE_PART_CAP
+    if excess <= 0 or not any(t.tool == BASE_TOOL for t in terms):
+        return survey_score
+    total = LOGIT_BOUND * math.sinh(_raw_logit(survey_score) / LOGIT_BOUND)  # the survey's L
+    return min(survey_score, to_score(total - excess))
+
+
+def measured_reading(on_query: list[Evidence], survey_weights: dict[str, float] | None = None,
+                     ) -> tuple[float | None, float | None, list[FusionTerm], bool]:
+    """(the measured reading s, the reading the stands rule reads, the tool terms, whether it is anchored)
+    for evidence about the query.
+
+    With a survey reading: ``max(survey, combine(tool terms))``, so tools called after the survey raise the
+    reading but never lower it. Without one, the full-weight tools anchor it the same way. Without an
+    anchor (only down-weighted tools): the tool terms' plain combination, unanchored. The standing reading
+    is the same except that one down-weighted survey part counts at most just under logit(0.9)
+    (`_survey_standing`).
+    """
+    t_terms = tool_terms(on_query)
+    if not t_terms:
+        return None, None, [], False
+    plain = combine(t_terms)
+    anchors = [t for t in t_terms if t.weight >= ANCHOR_WEIGHT]
+    survey = [t for t in anchors if t.source == "survey"]
+    base = survey or anchors
+    if not base:
+        return plain, plain, t_terms, False
+    reading = max(combine(base), plain)
+    if not survey:
+        return reading, reading, t_terms, True
+    standing = _survey_standing(on_query, survey[0].probability, survey_weights)
+    return reading, (standing if len(t_terms) == 1 else max(standing, plain)), t_terms, True
+
+
 def _disagreements(best: dict[str, Evidence], label: str | None, p_normal: float | None,
-                   threshold: float, flagged_outcome: str) -> tuple[Disagreement, ...]:
+                   threshold: float, final_label: str) -> tuple[Disagreement, ...]:
     if label is None:
         return ()
     out = []
     for tool, ev in best.items():
         score = float(ev.score)
         if score >= threshold and label != "anomalous":
-            out.append(Disagreement(tool, score, _box(ev), label, p_normal, flagged_outcome))
+            outcome = "evidence stands" if final_label == "anomalous" else "model prevailed"
+            out.append(Disagreement(tool, score, _box(ev), label, p_normal, outcome))
         elif score < threshold and label == "anomalous":
             out.append(Disagreement(tool, score, _box(ev), label, p_normal, "model flagged"))
     return tuple(out)
@@ -237,46 +363,62 @@ def _disagreements(best: dict[str, Evidence], label: str | None, p_normal: float
 
 def fuse(evidence: list[Evidence], model_label: str | None = None,
          model_probability: float | None = None, threshold: float = 0.5, *,
-         p_normal: float | None = None, dismiss_confidence: float = DISMISS_CONFIDENCE,
-         query_ids: Collection[str] | None = None, model_weight_factor: float = 1.0) -> FusionResult:
-    """Combine tool evidence and the model's answer by the module's formula and policy.
+         p_normal: float | None = None, policy: str = DEFAULT_POLICY,
+         query_ids: Collection[str] | None = None, model_weight_factor: float = 1.0,
+         survey_weights: dict[str, float] | None = None) -> FusionResult:
+    """Combine tool evidence and the model's answer by the module's formula and safety policy.
 
     Args:
         evidence: every tool call's evidence (only calls about the query count).
         model_label: "normal", "anomalous", "uncertain", or None without a model answer.
         model_probability: the model's P(anomalous) from log-probabilities (P(a) + 0.5 P(u)), or None.
-        threshold: the decision threshold on the fused score.
-        p_normal: the model's P(normal) from log-probabilities, or None.
-        dismiss_confidence: the P(normal) the model needs to overrule tools that flag the query.
+        threshold: the decision threshold on the fused score (the active one: configured or refit).
+        p_normal: the model's P(normal) from log-probabilities, or None (reported, not used in the score).
+        policy: "evidence-stands" (default) or "model-decides".
         query_ids: ids of the query and the images derived from it; None = all evidence is about the query.
         model_weight_factor: scales the model's log-probability weight (0.5 for "logprobs-partial").
+        survey_weights: the weights the survey used (`AgentRuntime.survey_weights`; None: the defaults), for
+            the cap on one down-weighted survey part (module docstring, 2).
 
     Raises:
-        ValueError: when there is nothing to fuse (no scoring tool and no model answer).
+        ValueError: when there is nothing to fuse (no scoring tool and no model answer), or an unknown policy.
     """
+    if policy not in POLICIES:
+        msg = f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}"
+        raise ValueError(msg)
     on_query, other = split_by_image(evidence, query_ids)
     excluded = tuple(f"{ev.tool} on {evidence_image(ev)} {float(ev.score):.2f}" for ev in other)
     best = best_per_tool(without_survey_parts(on_query))
-    t_terms = tool_terms(on_query)
+    reading, standing, t_terms, anchored = measured_reading(on_query, survey_weights)
     m_term = model_term(model_label, model_probability, model_weight_factor)
-    terms = [*t_terms, *([m_term] if m_term is not None else [])]
-    if not terms:
+    if not t_terms and m_term is None:
         msg = "nothing to fuse: no tool produced a score on the query image and no model answered"
         raise ValueError(msg)
-    score = combine(terms)
-    tools_score = combine(t_terms) if t_terms else None
-    counted = True
-    outcome = "kept"
-    if m_term is not None and tools_score is not None and tools_score >= threshold and score < threshold:
-        confident = model_label == "normal" and p_normal is not None and p_normal >= dismiss_confidence
-        if confident:
-            outcome = "dismissed"
+    floor: float | None = None
+    floored = stands = False
+    if policy == "model-decides" or not anchored:
+        terms = [*t_terms, *([m_term] if m_term is not None else [])]
+        score = combine(terms)
+        tools_score = combine(t_terms) if t_terms else None
+    else:
+        assert reading is not None and standing is not None
+        tools_score = reading
+        stands = clearly_beyond(standing, threshold)
+        if m_term is None:
+            terms, score = list(t_terms), reading
         else:
-            outcome, counted, score, terms = "tools stand", False, tools_score, list(t_terms)
+            terms = [FusionTerm("measured reading", reading, ANCHOR_WEIGHT), m_term]
+            fused = combine(terms)
+            floor = stands_floor(standing, threshold)
+            floored = floor > fused
+            score = max(fused, floor)
     label = "anomalous" if score >= threshold else "normal"
+    disputed = (reading is not None and model_label in ("normal", "anomalous")
+                and (reading >= threshold) != (model_label == "anomalous"))
     return FusionResult(
         score=score, label=label, terms=tuple(terms), tools_score=tools_score, model=m_term,
-        model_counted=counted, excluded=excluded,
-        disagreements=_disagreements(best, model_label, p_normal, threshold, outcome),
-        dismiss_confidence=dismiss_confidence,
+        excluded=excluded, disagreements=_disagreements(best, model_label, p_normal, threshold, label),
+        policy=policy, reading=reading, standing=standing, tool_terms=tuple(t_terms), anchored=anchored, stands=stands,
+        floor=floor, floored=floored, disputed=disputed, threshold=threshold,
+        model_label=model_label, p_normal=p_normal,
     )

@@ -92,6 +92,11 @@ class Verdict(BaseModel):
             "scripted", "none"; never "auto"), the served or loaded model's id, and the prompt set.
         usage / timings: consumption and wall times in ms per stage.
         budget_exhausted: the loop stopped on its budget and decided with what it had.
+        disputed: the model's label is on the other side of the threshold from the measured reading (the
+            survey's fused reading, or the tools' when there is no survey); the explanation then gives the
+            model's reason and the evidence side by side, and what the policy did.
+        policy: the safety policy that decided: "evidence-stands" (a measured reading clearly beyond the
+            threshold stays anomalous whatever the model says) or "model-decides" (README "Safety policy").
         status / error: "ok", or "error" with the reason (a batch never drops an item silently).
         error_kind: "input" (bad image/config, exit 2), "model" (model/server failure, exit 3),
             "timeout" (the item ran past its time limit, exit 3), "worker" (the Ray worker judging it
@@ -115,6 +120,8 @@ class Verdict(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     timings: dict[str, float] = Field(default_factory=dict)
     budget_exhausted: bool = False
+    disputed: bool = False
+    policy: Literal["evidence-stands", "model-decides"] = "evidence-stands"
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
     error_kind: Literal["input", "model", "timeout", "worker", "internal"] | None = None

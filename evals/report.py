@@ -36,6 +36,7 @@ COLUMNS = (
     ("recall", "Rec"),
     ("pixel_auroc", "P-AUROC"),
     ("aupro", "AUPRO"),
+    ("disputed_share", "Disputed"),
 )
 INTERVAL_METRICS = ("auroc", "aupr", "f1_max")
 OVERLAY_SIDE = 384
@@ -102,6 +103,8 @@ def _fmt(value: Any) -> str:
 
 def _cell(row: dict[str, Any], key: str) -> str:
     """A metric's cell: its value, and its 95% interval for the bootstrapped metrics."""
+    if key == "disputed_share" and row.get(key) is not None:  # "3 (12.5%)": the model disagreed with the evidence
+        return f"{row.get('n_disputed') or 0} ({row[key]:.1%})"
     text = _fmt(row.get(key))
     lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
     if key in INTERVAL_METRICS and lo is not None and hi is not None and row.get(key) is not None:
@@ -243,7 +246,8 @@ def markdown_report(runs: list[Run]) -> str:
     boot = base.metrics.get("bootstrap") or {}
     text = f"# {base.name}\n\n" + markdown_table(runs)
     text += (f"\nok/total: items judged / items planned (coverage). AUROC strict counts a failed item as the "
-             f"worst case for its label. Intervals: {boot.get('confidence', 0.95):.0%} bootstrap, "
+             f"worst case for its label. Disputed: verdicts whose model answer disagreed with the measured "
+             f"reading (count, and share of the verdicts with a model answer). Intervals: {boot.get('confidence', 0.95):.0%} bootstrap, "
              f"{boot.get('n_boot', '-')} replicates, seed {boot.get('seed', '-')}, images resampled within each label.\n")
     if len(runs) > 1:
         text += "\n`*`: the difference to the first run exceeds both runs' 95% intervals (they do not overlap).\n"

@@ -52,7 +52,7 @@ def record_map_path(record: dict[str, Any]) -> str | None:
 
 SLIM_FIELDS = (
     "image", "category", "repeat", "gt_label", "gt_mask", "gt_defect_type", "status", "error_kind",
-    "pred_score", "pred_label", "threshold",
+    "pred_score", "pred_label", "threshold", "disputed", "score_source",
 )
 
 
@@ -151,6 +151,16 @@ def _coverage(records: list[dict[str, Any]], ok: list[dict[str, Any]]) -> dict[s
     }
 
 
+def disputed_counts(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verdicts whose model disagreed with the measured reading (`Verdict.disputed`): their count and share of
+    the judged items with a model answer; None for both when no verdict had one (tools-only)."""
+    with_model = [r for r in ok if r.get("score_source") not in (None, "tools")]
+    if not with_model:
+        return {"n_disputed": None, "n_with_model": None, "disputed_share": None}
+    n = sum(1 for r in with_model if r.get("disputed"))
+    return {"n_disputed": n, "n_with_model": len(with_model), "disputed_share": n / len(with_model)}
+
+
 def _normal_only(ok: list[dict[str, Any]], ref_scores: list[float] | None, target_fpr: float | None) -> dict[str, Any] | None:
     if target_fpr is None:
         return None
@@ -204,6 +214,7 @@ def category_metrics(
         **operating_point(labels, flagged, [r.get("gt_defect_type") for r in ok]),
     }
     row["operating_point_normal_only"] = _normal_only(ok, ref_scores, target_fpr)
+    row.update(disputed_counts(ok))
     if pixel:
         px = _pixel_for(ok, map_side)
         if px is not None:
@@ -258,6 +269,8 @@ def _mean_row(per_category: dict[str, dict[str, Any]], replicates: dict[str, dic
     mean = aggregate(per_category)["mean"]
     n_total = sum(int(r.get("n_total") or 0) for r in per_category.values())
     mean["coverage"] = (mean.get("n_ok", 0) / n_total) if n_total else None
+    if mean.get("n_with_model"):  # pooled over the categories' verdicts with a model answer
+        mean["disputed_share"] = mean["n_disputed"] / mean["n_with_model"]
     for key, drop in (("operating_point", ()), ("operating_point_normal_only", ("threshold",))):
         # each category's normal-only threshold is its own: their mean would be no threshold at all
         rows = [{k: v for k, v in (r.get(key) or {}).items() if k not in ("per_defect_type", "note", *drop)}

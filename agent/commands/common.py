@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # imported when a command runs: `--help` stays fast (no numpy
     from agent.config import AgentConfig
 
 ConfigOption = typer.Option(None, "--config", help="YAML file of settings (see `config show`).")
+PolicyOption = typer.Option(
+    None, "--policy", help="Safety policy: 'evidence-stands' (default: a measured reading clearly beyond the "
+    "threshold stays anomalous whatever the model says) or 'model-decides' (the weighted fusion decides).")
 
 
 def config_from_cli(config_file: Path | None, **flags: Any) -> AgentConfig:

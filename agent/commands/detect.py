@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli, print_json_line, unique_stems
+from agent.commands.common import (
+    ConfigOption,
+    PolicyOption,
+    config_from_cli,
+    print_json_line,
+    unique_stems,
+)
 
 if TYPE_CHECKING:  # imported when detect runs (keeps `--help` fast)
     from agent.schemas import Verdict
@@ -79,6 +85,7 @@ def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:
         f"[bold]{verdict.image}[/bold]: [{colour}]{verdict.pred_label.upper()}[/{colour}] "
         f"score {verdict.pred_score:.3f} (threshold {verdict.threshold:.2f}, from {verdict.score_source})"
         + (f", defect: {verdict.defect_type}" if verdict.defect_type else "")
+        + (" [yellow]DISPUTED[/yellow] (the model disagreed with the measured evidence)" if verdict.disputed else "")
     )
     for region in verdict.regions:
         peak = f" (peak {region.score:.3g}, the tool's raw units)" if region.score is not None else ""
@@ -109,6 +116,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model", help="Model id served at --base-url."),
         script: Path | None = typer.Option(None, "--script", help="Scripted backend: a JSON/YAML script or a saved trace."),
         threshold: float | None = typer.Option(None, "--threshold", help="Decision threshold on the fused score."),
+        policy: str | None = PolicyOption,
         as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
         out: Path | None = typer.Option(None, "--out", help="Write overlay PNGs (map + boxes) here."),
         trace: Path | None = typer.Option(None, "--trace", help="Save each run's trace (messages, tool calls, maps) here."),
@@ -125,7 +133,8 @@ def register(app: typer.Typer) -> None:
         from tools.progress import Counter
 
         cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, script=script,
-                              memory_path=memory, threshold=threshold, max_references=max_references)
+                              memory_path=memory, threshold=threshold, max_references=max_references,
+                              policy=policy)
         agent = AnomalyAgent.from_config(cfg)
         print(f"backend: {agent.backend.name} ({agent.backend_note})", file=sys.stderr)
         agent.check_backend()  # a dead model server: exit 3 now, not after every image ran its tools

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli
+from agent.commands.common import ConfigOption, PolicyOption, config_from_cli
 from agent.errors import UserInputError
 
 
@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
         retry_errors: bool = typer.Option(False, "--retry-errors", help="With --resume: judge failed items again."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip report.html (metrics are still written)."),
+        policy: str | None = PolicyOption,
         feedback_stream: bool = typer.Option(False, "--feedback-stream", help="Stream the test images in a fixed seeded order, tools only, references from a run-scoped memory of each category's first --shots (default 4) training normals, with and without the truth given after each wrong verdict (evals.feedback_stream); prints error, recall and FPR per half and writes feedback_stream.json and .html to --out."),
         stream_seed: list[int] | None = typer.Option(None, "--stream-seed", help="With --feedback-stream: stream orders (repeatable; default 0, 1, 2)."),
         config: Path | None = ConfigOption,
@@ -207,7 +208,7 @@ def register(app: typer.Typer) -> None:
             msg = ("--ray does not support --anomaly-shots yet (each repeat needs its own memory store). "
                    "Fix: run without --ray, or with --anomaly-shots 0")
             raise UserInputError(msg)
-        cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model)
+        cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, policy=policy)
         from evals.memory_scope import describe, eval_memory
 
         # the memory the run reads, and its identity (hashed: --resume never mixes memory contents)

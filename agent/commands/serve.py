@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli
+from agent.commands.common import ConfigOption, PolicyOption, config_from_cli
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         base_url: str | None = typer.Option(None, "--base-url"),
         model: str | None = typer.Option(None, "--model"),
         memory: Path | None = typer.Option(None, "--memory", help="Memory store folder (feedback writes here)."),
+        policy: str | None = PolicyOption,
         config: Path | None = ConfigOption,
     ) -> None:
         """Serve the agent over HTTP: REST API (/docs), OpenAI-compatible /v1/chat/completions, web page at /."""
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
         from agent.server import ServeSettings, create_app
         from agent.server.settings import describe
 
-        cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, memory_path=memory)
+        cfg = config_from_cli(config, backend=backend, base_url=base_url, model=model, memory_path=memory,
+                              policy=policy)
         fields = {"host": host, "port": port, "api_key": api_key, "insecure_no_auth": insecure_no_auth,
                   "max_upload_mb": max_upload_mb, "workers": workers, "queue": queue,
                   "request_timeout_s": request_timeout, "cors_origins": [o for o in cors_origin or [] if o],

@@ -54,7 +54,7 @@ def _answer(state: State, new: list, prompt: HumanMessage, result, start: float,
     answer = parsed.model_dump(mode="json")
     mass = label_mass(result.message)
     # absolute P(label) at the label token, never renormalised over the labels (issue 22):
-    # P(anomalous) = P(a) + 0.5 (1 - P(a) - P(n)); P(normal) decides whether it may dismiss tools
+    # P(anomalous) = P(a) + 0.5 (1 - P(a) - P(n)); P(normal) is reported beside a disputed verdict
     answer["label_probs"] = mass
     answer["probability"] = anomaly_probability(mass) if mass else None
     answer["p_normal"] = mass["normal"] if mass else None

@@ -64,8 +64,9 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
     on_query = query_lineage(res.images, state["query_id"])
     try:
         result = fuse_scores(evidence, label, probability, threshold, p_normal=(answer or {}).get("p_normal"),
-                             dismiss_confidence=cfg.dismiss_confidence, query_ids=on_query,
-                             model_weight_factor=float((answer or {}).get("weight_factor", 1.0)))
+                             policy=cfg.policy, query_ids=on_query,
+                             model_weight_factor=float((answer or {}).get("weight_factor", 1.0)),
+                             survey_weights=rt.survey_weights())
     except ValueError:
         if state.get("model_error"):
             from agent.backends.errors import ModelOutputError
@@ -113,5 +114,7 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
         ),
         timings=timings,
         budget_exhausted=bool(state.get("budget_exhausted")),
+        disputed=result.disputed,
+        policy=result.policy,
     )
     return {"verdict": verdict.model_dump(mode="json"), "timings": {"fuse_ms": timings["fuse_ms"]}}

@@ -155,8 +155,9 @@ async def _stream(state: ServerState, jobs: list[_Job], deadline: float):
 
 
 @router.get("/runs", summary="Recent runs, newest first")
-async def recent_runs(limit: int = 20, state: ServerState = Depends(server_state)):
-    return {"runs": await asyncio.to_thread(state.runs.recent, max(1, min(limit, 200)))}
+async def recent_runs(limit: int = 20, disputed: bool | None = None, state: ServerState = Depends(server_state)):
+    """`?disputed=1`: only the verdicts whose model disagreed with the measured evidence (`disputed=0`: the others)."""
+    return {"runs": await asyncio.to_thread(state.runs.recent, max(1, min(limit, 200)), disputed)}
 
 
 @router.get("/runs/{run_id}", summary="A run's record (the verdict with its URLs)")

@@ -159,16 +159,20 @@ class RunStore:
                            "use the URLs in the run's record (GET /v1/runs/{id})")
         return path
 
-    def recent(self, limit: int = 20) -> list[dict]:
-        """The newest finished runs' records (short form), newest first."""
+    def recent(self, limit: int = 20, disputed: bool | None = None) -> list[dict]:
+        """The newest finished runs' records (short form), newest first; `disputed` True/False keeps only the
+        verdicts whose model disagreed (or agreed) with the measured reading (`Verdict.disputed`)."""
         out = []
         folders = sorted(self.runs_dir.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for folder in folders:
             path = folder / "record.json"
             if RUN_ID.fullmatch(folder.name) and path.is_file():
                 rec = json.loads(path.read_text())
+                if disputed is not None and bool(rec.get("disputed")) != disputed:
+                    continue
                 out.append({k: rec.get(k) for k in ("run_id", "image", "category", "pred_label", "pred_score",
-                                                    "threshold", "status", "error", "image_url", "overlay")})
+                                                    "threshold", "status", "error", "image_url", "overlay",
+                                                    "disputed", "policy")})
                 if len(out) >= limit:
                     break
         return out

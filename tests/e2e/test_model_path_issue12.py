@@ -117,8 +117,11 @@ def test_a_model_answering_normal_without_logprobs_never_hides_measured_defects(
     assert all(v.pred_score >= 0.8 for v in verdicts), [v.pred_score for v in verdicts]  # main: 0.50, on the edge
     for v in verdicts:
         assert v.score_source == "label"
-        assert "Disagreement: patch_knn flagged box" in v.explanation
+        assert v.disputed and v.policy == "evidence-stands"
+        # patch_knn, or the survey's fused reading when survey_weights opts in the complementary tools
+        assert "Disagreement: patch_knn flagged box" in v.explanation or "Disagreement: survey flagged box" in v.explanation
         assert 'the model concluded "normal" (a label without probabilities)' in v.explanation
+        assert 'Its reason: "Looks like the references to me."' in v.explanation
 
 
 def test_p_normal_0_8_from_logprobs_keeps_a_measured_defect_and_names_the_disagreement(tmp_path, defects):
@@ -129,7 +132,9 @@ def test_p_normal_0_8_from_logprobs_keeps_a_measured_defect_and_names_the_disagr
             paths[0], category="texture", references=refs)
     assert v.status == "ok" and v.score_source == "logprobs"
     assert v.pred_label == "anomalous"
-    assert 'the model concluded "normal" (P(normal) 0.80 from token log-probabilities) because: No defect visible.' in v.explanation
+    assert v.disputed
+    assert 'the model concluded "normal" (P(normal) 0.80 from token log-probabilities)' in v.explanation
+    assert 'Disputed: the model answered "normal" (P(normal) 0.8 from token log-probabilities). Its reason: "No defect visible."' in v.explanation
 
 
 def _populate(store, embedder, root, query_vec, n_normal, n_anomalous, anomalies_nearer=False):

@@ -22,12 +22,26 @@ def test_single_tool_is_monotonic_without_ties():
     assert all(0.0 < f < 1.0 for f in fused)
 
 
+def _bound(p):
+    return LOGIT_BOUND * math.tanh(math.log(p / (1 - p)) / LOGIT_BOUND)
+
+
 def test_weighted_log_odds_formula():
-    bound = lambda p: LOGIT_BOUND * math.tanh(math.log(p / (1 - p)) / LOGIT_BOUND)  # noqa: E731
-    result = fuse([ev("patch_knn", 0.9), ev("clip_similarity", 0.3)], "anomalous", 0.7)
-    expected = (1.0 * bound(0.9) + 0.6 * bound(0.3) + 1.0 * bound(0.7)) / 2.6
+    """model-decides: the plain weighted fusion of every term."""
+    result = fuse([ev("patch_knn", 0.9), ev("clip_similarity", 0.3)], "anomalous", 0.7, policy="model-decides")
+    expected = (1.0 * _bound(0.9) + 0.6 * _bound(0.3) + 1.0 * _bound(0.7)) / 2.6
     assert result.score == pytest.approx(1 / (1 + math.exp(-expected)))
     assert [t.source for t in result.terms] == ["patch_knn", "clip_similarity", "model"]
+
+
+def test_evidence_stands_formula():
+    """evidence-stands: the measured reading (patch_knn anchors it; clip 0.3 cannot lower it) with the model."""
+    result = fuse([ev("patch_knn", 0.9), ev("clip_similarity", 0.3)], "anomalous", 0.7)
+    assert result.reading == pytest.approx(0.9) and result.anchored
+    expected = (_bound(0.9) + _bound(0.7)) / 2
+    assert result.score == pytest.approx(1 / (1 + math.exp(-expected)))
+    assert [t.source for t in result.terms] == ["measured reading", "model"]
+    assert result.policy == "evidence-stands" and not result.disputed
 
 
 def test_best_score_per_tool_and_errors_ignored():

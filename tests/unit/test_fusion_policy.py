@@ -1,4 +1,4 @@
-"""The inspection-safe fusion policy (issue 12): query evidence only, confident dismissals only,
+"""The inspection-safe fusion policy (issue 12, revised by issue 22's safety policy): query evidence only,
 "uncertain" at reduced weight, and every disagreement written into the explanation."""
 
 from __future__ import annotations
@@ -60,41 +60,53 @@ def test_model_p_normal_0_8_cannot_dismiss_patch_knn_0_99():
     assert (d.tool, d.box, d.model_label) == ("patch_knn", (10, 20, 50, 60), "normal")
     text = cite_fusion("The surface looks clean. Nothing else.", result, 0.5)
     assert "patch_knn flagged box (10, 20, 50, 60) at 0.99" in text
-    assert 'the model concluded "normal" (P(normal) 0.80 from token log-probabilities) because: The surface looks clean.' in text
+    assert 'the model concluded "normal" (P(normal) 0.80 from token log-probabilities)' in text
+    assert 'Disputed: the model answered "normal" (P(normal) 0.8 from token log-probabilities). Its reason: "The surface looks clean."' in text
 
 
 def test_hesitant_model_plus_weak_tools_cannot_pull_a_flagged_query_below_threshold():
     tools = [ev("patch_knn", 0.99), ev("clip_similarity", 0.3), ev("reference_diff", 0.2), ev("parts_check", 0.3)]
     assert fuse(tools).label == "anomalous"
     result = fuse(tools, "normal", 0.1, p_normal=0.8)
-    assert result.label == "anomalous" and not result.model_counted
-    assert result.score == pytest.approx(result.tools_score)
-    assert [d.outcome for d in result.disagreements] == ["tools stand"]
+    assert result.label == "anomalous" and result.disputed and result.stands
+    assert result.tools_score == pytest.approx(0.99)  # the weak tools do not dilute patch_knn's reading
+    assert [d.outcome for d in result.disagreements] == ["evidence stands"]
     text = cite_fusion("Looks fine.", result, 0.5)
-    assert "The tools' verdict stands: its P(normal) is below dismiss_confidence 0.90." in text
-    assert "not counted" in text
+    assert "The verdict stays anomalous with the measured evidence." in text
+    assert 'Disputed: the model answered "normal" (P(normal) 0.8 from token log-probabilities). Its reason: "Looks fine."' in text
 
 
-def test_confident_model_may_dismiss_and_says_so():
-    result = fuse([ev("patch_knn", 0.99), ev("clip_similarity", 0.3)], "normal", 0.02, p_normal=0.98)
-    assert result.label == "normal" and result.model_counted
+def test_a_confident_normal_lowers_a_near_edge_reading_and_says_so():
+    """Below the margin the model keeps its use against near-edge false alarms (issue 12's dismissal, now
+    continuous: no P(normal) gate)."""
+    result = fuse([ev("patch_knn", 0.7), ev("clip_similarity", 0.3)], "normal", 0.02, p_normal=0.98)
+    assert result.label == "normal" and result.disputed and not result.stands
     (d,) = result.disagreements
-    assert d.outcome == "dismissed"
-    assert "overrules the tool" in cite_fusion("A reflection, not a scratch.", result, 0.5)
+    assert d.outcome == "model prevailed"
+    text = cite_fusion("A reflection, not a scratch.", result, 0.5)
+    assert "took the score below the threshold" in text
+    assert "the reading is not clearly beyond the threshold, so the model's answer moved the verdict to normal" in text
 
 
 @pytest.mark.parametrize(("label", "p_normal"), [("normal", None), ("uncertain", None), ("uncertain", 0.0)])
-def test_label_without_probabilities_or_uncertain_never_dismisses(label, p_normal):
+def test_label_without_probabilities_or_uncertain_lowers_a_near_edge_reading_less(label, p_normal):
     tools = [ev("patch_knn", 0.6)]
-    result = fuse(tools, label, None if p_normal is None else 0.5, p_normal=p_normal)
-    assert result.label == "anomalous"
-    assert result.disagreements and result.disagreements[0].outcome in ("tools stand", "kept")
+    weak = fuse(tools, label, None if p_normal is None else 0.5, p_normal=p_normal)
+    confident = fuse(tools, "normal", 0.02, p_normal=0.98)
+    assert weak.score > confident.score
+    assert weak.disagreements and weak.disagreements[0].outcome in ("evidence stands", "model prevailed")
+    assert weak.disputed == (label == "normal")  # "uncertain" takes no side
 
 
-def test_dismiss_confidence_is_configurable():
+def test_policy_model_decides_is_the_plain_fusion():
     tools = [ev("patch_knn", 0.99)]
-    assert fuse(tools, "normal", 0.001, p_normal=0.95, dismiss_confidence=0.99).label == "anomalous"
-    assert fuse(tools, "normal", 0.001, p_normal=0.995, dismiss_confidence=0.99).label == "normal"
+    stands = fuse(tools, "normal", 0.001, p_normal=0.999)
+    decides = fuse(tools, "normal", 0.001, p_normal=0.999, policy="model-decides")
+    assert stands.label == "anomalous" and decides.label == "normal"
+    assert stands.disputed and decides.disputed and decides.policy == "model-decides"
+    assert "Policy model-decides: the weighted fusion decides, normal" in cite_fusion("Clean.", decides, 0.5)
+    with pytest.raises(ValueError, match="unknown policy"):
+        fuse(tools, policy="trust-me")
 
 
 def test_evidence_on_references_never_enters_the_score():

@@ -194,7 +194,8 @@ async function showRecord(record) {
   $("meterFill").style.width = (record.pred_score * 100).toFixed(1) + "%";
   $("threshold").value = record.threshold;
   const took = record.timings && record.timings.total_ms ? ` · ${(record.timings.total_ms / 1000).toFixed(2)} s` : "";
-  $("verdictMeta").textContent = `score from ${record.score_source} · backend ${record.backend || "?"}${took} · run ${record.run_id.slice(0, 8)}`;
+  const disputed = record.disputed ? "DISPUTED: the model disagreed with the measured evidence (see the explanation) · " : "";
+  $("verdictMeta").textContent = `${disputed}score from ${record.score_source} · policy ${record.policy || "?"} · backend ${record.backend || "?"}${took} · run ${record.run_id.slice(0, 8)}`;
   relabel();
   $("explanation").textContent = record.explanation;
   $("evidence").innerHTML = (record.evidence || []).map((e) =>
@@ -347,6 +348,7 @@ async function loadRecent() {
     const score = run.status === "ok" ? run.pred_score.toFixed(2) : "";
     li.innerHTML = `<button type="button"><img alt=""><span class="name">${escapeHtml(run.image || run.run_id)}<br>` +
       `<span class="muted small">${escapeHtml(run.category || "no category")} · ${score}</span></span>` +
+      (run.disputed ? '<span class="chip disputed" title="the model disagreed with the measured evidence">disputed</span>' : "") +
       `<span class="chip ${label}">${label}</span></button>`;
     li.querySelector("button").addEventListener("click", async () => {
       if (run.status !== "ok") return;
