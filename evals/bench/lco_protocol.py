@@ -1,8 +1,9 @@
 """Leave-category-out protocol for the survey's defaults: chosen on the other categories, measured on this one.
 
-    python -m evals.bench.survey_scores --fold dev  --out dev.jsonl     # the tools' scores, once
-    python -m evals.bench.survey_scores --fold test --out test.jsonl
+    python -m evals.survey_scores --fold dev  --out dev.jsonl     # the tools' scores, once
+    python -m evals.survey_scores --fold test --out test.jsonl
     python -m evals.bench.lco_protocol dev.jsonl test.jsonl             # the table
+    python -m evals.bench.lco_protocol --tool parts_check                # collect both folds, then the table
 
 A user's product is a category nobody tuned on. So for each category C, the candidate with the best mean
 image AUROC on the *other* categories' dev folds (both k, all draws) is chosen, and C's test fold
@@ -185,9 +186,24 @@ def choose(dev: dict, cats: list[str], ks, exclude: str | None, allowed: set[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.bench.lco_protocol", description=__doc__.split("\n")[0])
-    parser.add_argument("dev", type=Path, help="survey_scores output of fold dev")
-    parser.add_argument("test", type=Path, help="survey_scores output of fold test")
+    parser.add_argument("dev", type=Path, nargs="?", help="survey_scores output of fold dev (default: collect it)")
+    parser.add_argument("test", type=Path, nargs="?", help="survey_scores output of fold test (default: collect it)")
+    parser.add_argument("--category", action="append", default=None, help="when collecting: only these categories")
+    parser.add_argument("--draws", type=int, default=3, help="when collecting: reference draws")
+    parser.add_argument("--tool", action="append", default=None,
+                        help="when collecting: the other tools to measure (default both; reference_diff is slow)")
     args = parser.parse_args(argv)
+    if args.dev is None or args.test is None:
+        import tempfile
+
+        from evals.survey_scores import main as collect
+
+        folder = Path(tempfile.mkdtemp(prefix="lco-"))
+        for fold in ("dev", "test"):
+            extra = [a for c in args.category or [] for a in ("--category", c)]
+            extra += [a for t in args.tool or [] for a in ("--tool", t)]
+            collect(["--fold", fold, "--draws", str(args.draws), "--out", str(folder / f"{fold}.jsonl"), *extra])
+        args.dev, args.test = folder / "dev.jsonl", folder / "test.jsonl"
     dev_images, _ = load(args.dev)
     test_images, test_sets = load(args.test)
     dev, test = table(dev_images), table(test_images)

@@ -1,7 +1,7 @@
 """Collect every survey tool's score on every protocol image, once, for the leave-category-out protocol.
 
-    python -m evals.bench.survey_scores --fold dev --out scores_dev.jsonl
-    python -m evals.bench.survey_scores --fold test --out scores_test.jsonl
+    python -m evals.survey_scores --fold dev --out scores_dev.jsonl
+    python -m evals.survey_scores --fold test --out scores_test.jsonl
 
 For each category (realsets of the fold, synthetic of the fold's seed), each k and each reference draw
 (the same draws as `evals.bench.patch_knn_protocol`), one JSON line per test image with each tool's
@@ -117,7 +117,7 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.bench.survey_scores", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.survey_scores", description=__doc__.split("\n")[0])
     parser.add_argument("--fold", choices=("dev", "test"), default="dev")
     parser.add_argument("--k", type=int, action="append", default=None)
     parser.add_argument("--draws", type=int, default=3)
