@@ -241,11 +241,23 @@ def without_survey_parts(evidence: list[Evidence]) -> list[Evidence]:
     return [ev for ev in evidence if (ev.args or {}).get("stage") != "survey"]
 
 
+def to_score(log_odds: float) -> float:
+    """sigmoid(S asinh(L / S)), S = logit(0.99): ~ sigmoid(L) near the edge, strictly increasing, and it never
+    rounds to 1.0 in practice (a calibrated score does beyond L ~ 37, and then strong defects tie)."""
+    return _sigmoid(LOGIT_BOUND * math.asinh(log_odds / LOGIT_BOUND))
+
+
+def term_probability(ev: Evidence) -> float:
+    """A tool's probability in the fusion: from its unbounded log-odds when it reports them (order kept where
+    its calibrated score rounds to 1.0), else its calibrated score."""
+    return to_score(float(ev.log_odds)) if ev.log_odds is not None else float(ev.score)
+
+
 def tool_terms(evidence: list[Evidence]) -> list[FusionTerm]:
     """One term per scoring tool (its highest calibrated score), in first-seen order. The survey's fused
     reading stands for the tools it ran, at weight 1."""
     return [
-        FusionTerm(tool, float(ev.score), TOOL_WEIGHTS.get(tool, DEFAULT_TOOL_WEIGHT))
+        FusionTerm(tool, term_probability(ev), TOOL_WEIGHTS.get(tool, DEFAULT_TOOL_WEIGHT))
         for tool, ev in best_per_tool(without_survey_parts(evidence)).items()
     ]
 
@@ -265,9 +277,9 @@ def model_term(label: str | None, probability: float | None, weight_factor: floa
 
 
 def combine(terms: list[FusionTerm]) -> float:
-    """sigmoid of the weighted mean of the terms' bounded log-odds. The survey's reading alone is its own
-    probability: it is already a fused, order-keeping reading (`agent.survey_fusion`)."""
-    if len(terms) == 1 and terms[0].source == "survey":
+    """sigmoid of the weighted mean of the terms' bounded log-odds; a single term is its own probability
+    (nothing to weigh it against, so nothing to bound)."""
+    if len(terms) == 1:
         return min(max(float(terms[0].probability), 0.0), 1.0)
     total = sum(t.weight for t in terms)
     return _sigmoid(sum(t.weight * _logit(t.probability) for t in terms) / total)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.fusion import LOGIT_BOUND, _logit, _sigmoid
+from agent.fusion import _logit, to_score
 from tools.types import Evidence
 
 BASE_TOOL = "patch_knn"
@@ -66,11 +66,6 @@ class SurveyTerm:
             return self.log_odds if self.log_odds is not None else math.log(
                 max(self.score, 1e-15) / max(1.0 - self.score, 1e-15))
         return self.weight * max(0.0, _logit(self.score))
-
-
-def to_score(log_odds: float) -> float:
-    """sigmoid(S asinh(L / S)): strictly increasing, ~ sigmoid(L) near 0, never rounds to 1.0 in practice."""
-    return _sigmoid(LOGIT_BOUND * math.asinh(log_odds / LOGIT_BOUND))
 
 
 def fused_score(terms: list[SurveyTerm]) -> float:
