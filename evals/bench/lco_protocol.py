@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     adopt = float(np.mean(gains)) > 0 and drops[worst] >= -ADOPT_DROP
     print(f"\ndev, leave-category-out, fused vs patch_knn alone: mean {np.mean(gains):+.4f}, worst {worst} "
           f"{drops[worst]:+.4f} -> {'adopt' if adopt else 'reject: the survey stays patch_knn alone'}")
-    rf = recall_fpr(test_images, CANDIDATES[shipped])
-    print(f"\nshipped default {shipped} at threshold 0.5, fold test (recall / FPR):")
+    default = shipped if adopt else "patch_knn"
+    rf = recall_fpr(test_images, CANDIDATES[default])
+    print(f"\nshipped default {default} at threshold 0.5, fold test (recall / FPR):")
     for (cat, k), (r, fp) in sorted(rf.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  k={k} {cat}: recall {r:.2f} FPR {fp:.2f}")
     return 0
