@@ -14,6 +14,8 @@ import numpy as np
 from tools.images import ImageStore
 from tools.types import Region
 
+MAX_BLUR_SIGMA = 16.0  # px: `resize_map` blurs at the size where its sigma is at most this, then resizes
+
 
 def resize_map(amap: np.ndarray, size_hw: tuple[int, int], blur_sigma: float = 0.0) -> np.ndarray:
     """Resize a (patch-grid) map to the original image size.
@@ -31,9 +33,15 @@ def resize_map(amap: np.ndarray, size_hw: tuple[int, int], blur_sigma: float = 0
         msg = f"expected a 2-D map, got shape {amap.shape}"
         raise ValueError(msg)
     h, w = int(size_hw[0]), int(size_hw[1])
-    out = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR) if amap.shape != (h, w) else amap.copy()
     if blur_sigma > 0:
-        out = cv2.GaussianBlur(out, (0, 0), sigmaX=float(blur_sigma))
+        # a wide blur of a bilinear upsampling is as smooth at a smaller size: blur where sigma is at most
+        # MAX_BLUR_SIGMA px (never below the map's own grid), then resize once; a 144 MP map's blur took minutes
+        shrink = min(1.0, MAX_BLUR_SIGMA / float(blur_sigma))
+        mid_h, mid_w = min(h, max(amap.shape[0], round(h * shrink))), min(w, max(amap.shape[1], round(w * shrink)))
+        mid = cv2.resize(amap, (mid_w, mid_h), interpolation=cv2.INTER_LINEAR) if amap.shape != (mid_h, mid_w) \
+            else amap.copy()
+        amap = cv2.GaussianBlur(mid, (0, 0), sigmaX=float(blur_sigma) * mid_w / w, sigmaY=float(blur_sigma) * mid_h / h)
+    out = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR) if amap.shape != (h, w) else amap.copy()
     return out.astype(np.float32, copy=False)
 
 

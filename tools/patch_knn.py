@@ -305,14 +305,22 @@ def image_score(patch_map: np.ndarray, topk: float, border: int = 0) -> float:
     return float(np.partition(flat, flat.size - n)[-n:].mean())
 
 
-# faiss's exact L2 search with k = 1 is about 3x slower below ~168 dimensions than just above it on
-# these CPUs (a different kernel: 784 x 3136 vectors, 152-d 13.8 ms, 168-d 5.2 ms, 304-d 8.9 ms).
-# Zero columns change no distance, so narrower vectors are padded to SEARCH_MIN_DIM.
-SEARCH_MIN_DIM = 168
+# faiss searches fewer than `distance_compute_blas_threshold` queries (128000 in this build) with its own
+# SIMD loop, which is slow and erratic at these shapes (704 x 2112 vectors: 154-d 8-10 ms, 168-d 7 ms, 304-d
+# 6 ms); one BLAS product is 4 ms and steady (measured here 2026-12-04). faiss keeps the setting process-wide; the
+# distances agree to float32 rounding (clamped at 0).
+BLAS_MIN_QUERIES = 20
+
+
+def _use_blas_search() -> None:
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES
 
 
 def _padded(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """(n, c) float32 vectors with zero columns up to `dim` (c <= dim), C-contiguous."""
+    """(n, c) float32 vectors with zero columns up to `dim` (c <= dim), C-contiguous (banks stored before
+    2026-12-04 were padded to 168 columns; zero columns change no distance)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.shape[1] >= dim:
         return vectors
@@ -322,10 +330,11 @@ def _padded(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _flat_index(vectors: np.ndarray):
-    """An exact L2 faiss index of (n, c) vectors (padded to at least SEARCH_MIN_DIM columns)."""
+    """An exact L2 faiss index of (n, c) float32 vectors."""
     import faiss
 
-    vectors = _padded(vectors, SEARCH_MIN_DIM)
+    _use_blas_search()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = faiss.IndexFlatL2(vectors.shape[1])
     index.add(vectors)
     return index
@@ -334,6 +343,7 @@ def _flat_index(vectors: np.ndarray):
 def nn_distance(index, feats: np.ndarray) -> np.ndarray:
     """Distance of each gh x gw x C feature to its nearest bank vector -> gh x gw float32."""
     gh, gw, c = feats.shape
+    _use_blas_search()  # also for banks read back from disk
     dist, _ = index.search(_padded(feats.reshape(-1, c), index.d), 1)
     return np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(gh, gw).astype(np.float32)
 

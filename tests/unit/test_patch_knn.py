@@ -126,7 +126,10 @@ def test_helpers():
 
 
 def test_coreset_and_padded_search():
-    """k_centre keeps the asked fraction and covers outliers; padding narrow vectors changes no distance."""
+    """k_centre keeps the asked fraction and covers outliers; the search is exact, also on a bank stored
+    padded with zero columns (as before 2026-12-04)."""
+    import faiss
+
     from tools.patch_knn import _flat_index, k_centre, nn_distance
 
     rng = np.random.default_rng(0)
@@ -137,9 +140,13 @@ def test_coreset_and_padded_search():
     assert k_centre(vecs, 1.0) is vecs
     query = rng.normal(size=(4, 5, 16)).astype(np.float32)
     index = _flat_index(vecs)
-    assert index.d >= 168
+    assert index.d == 16
     exact = np.sqrt(((query.reshape(-1, 1, 16) - vecs[None]) ** 2).sum(-1).min(1)).reshape(4, 5)
     assert np.allclose(nn_distance(index, query), exact, atol=1e-3)
+    padded = faiss.IndexFlatL2(168)
+    padded.add(np.hstack([vecs, np.zeros((200, 152), np.float32)]))
+    assert np.allclose(nn_distance(padded, query), exact, atol=1e-3)
+    assert np.allclose(nn_distance(index, vecs[:30].reshape(5, 6, 16)), 0.0, atol=1e-2)  # a bank vector finds itself
 
 
 def arrangement(seed: int, swapped: bool = False) -> np.ndarray:
