@@ -4,7 +4,7 @@ An evaluation must not see its own answers: feedback and ``memory import --with-
 images into the user's memory. So every ``eval`` reads its own run-scoped memory (empty, unless
 ``--anomaly-shots`` fills it with held-out anomalies) unless ``--memory PATH`` (a local store) or
 ``--memory server`` (the configured ``memory_host``) names one; even then the agent never retrieves an
-example with the query's own pixels (`agent.nodes.memory.not_the_query`).
+example of the query's own image, re-encoded or rescaled included (`agent.nodes.memory.not_the_query`).
 
 The memory's identity (where it is, how many examples, a fingerprint of their ids) is recorded in the
 run's config and hashed with it, so ``--resume`` refuses to mix verdicts made with different memory

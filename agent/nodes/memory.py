@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from functools import lru_cache
 
@@ -43,22 +42,56 @@ def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
     return bool(hard)
 
 
+# Two files are one image when their 64x64 grey thumbnails differ by under SAME_IMAGE_MEAN_DIFF grey levels on
+# average and nowhere by SAME_IMAGE_MAX_DIFF or more (and their aspect ratios agree). Measured 2026-12-04 on
+# realsets and synthetic images: JPEG re-encodes (quality 60-90) differ by <= 0.93 on average, at most 5; copies
+# rescaled by half and back at most 20; distinct normal images of one category by >= 5.2 on average; the
+# same image with a dark defect 1/32 of its side by >= 60 somewhere (so a labelled defect photo of the query's
+# own part is kept).
+SAME_IMAGE_MEAN_DIFF = 2.0
+SAME_IMAGE_MAX_DIFF = 24.0
+THUMB_SIDE = 64
+
+
+def thumbnail(pixels) -> tuple[float, object]:
+    """(width / height, THUMB_SIDE x THUMB_SIDE float32 grey thumbnail) of HxWx3 uint8 RGB pixels."""
+    import cv2
+    import numpy as np
+
+    grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return pixels.shape[1] / max(1, pixels.shape[0]), small
+
+
 @lru_cache(maxsize=4096)
-def example_pixel_digest(example_id: str, image_path: str, max_pixels: int) -> str | None:
-    """sha256 of a memory example's decoded RGB pixels (the query's `StoredImage.digest` form), or None
-    when its image cannot be read. Cached by example id: the id is the hash of the file's bytes."""
+def example_thumbnail(example_id: str, image_path: str, max_pixels: int) -> tuple[float, object] | None:
+    """`thumbnail` of a memory example's image, or None when it cannot be read. Cached by example id (the
+    hash of the file's bytes)."""
     from tools.images import load_image
 
     try:
-        return hashlib.sha256(load_image(image_path, max_pixels).tobytes()).hexdigest()
+        return thumbnail(load_image(image_path, max_pixels))
     except Exception:  # noqa: BLE001 - an unreadable example is judged by its id alone
         return None
 
 
-def not_the_query(hits: list, query_digest: str, max_pixels: int, k: int) -> list:
-    """The first `k` hits whose image is not the query's own pixels (issue 22: a test image that
-    feedback or ``memory import --with-anomalies`` put into memory is never shown back as an example)."""
-    kept = [(ex, sim) for ex, sim in hits if example_pixel_digest(ex.id, ex.image_path, max_pixels) != query_digest]
+def same_image(a: tuple[float, object] | None, b: tuple[float, object] | None) -> bool:
+    """Are two thumbnails one image (the same pixels, re-encoded or rescaled)?"""
+    import numpy as np
+
+    if a is None or b is None or abs(a[0] - b[0]) > 0.02 * max(a[0], b[0]):
+        return False
+    diff = np.abs(a[1] - b[1])
+    return float(diff.mean()) < SAME_IMAGE_MEAN_DIFF and float(diff.max()) < SAME_IMAGE_MAX_DIFF
+
+
+def not_the_query(hits: list, query_pixels, max_pixels: int, k: int) -> list:
+    """The first `k` hits whose image is not the query's own (issue 22: a test image that feedback or
+    ``memory import --with-anomalies`` put into memory is never shown back as an example, nor used as a
+    reference or a known defect), also when memory holds it re-encoded (a JPEG of the PNG) or rescaled."""
+    query = thumbnail(query_pixels)
+    kept = [(ex, sim) for ex, sim in hits
+            if not same_image(example_thumbnail(ex.id, ex.image_path, max_pixels), query)]
     return kept[:k]
 
 
@@ -91,7 +124,7 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
                 continue
             # one more than needed: the query's own image, when stored, is the nearest and is left out
             near = store.nearest(category, query_vec, k=k + 1, label=label, embedding_model=embedder.model_id)
-            hits += not_the_query(near, query.digest, rt.config.max_image_pixels, k)
+            hits += not_the_query(near, query.pixels, rt.config.max_image_pixels, k)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
     learned = use_inspector_examples(res, examples, wants_refs)

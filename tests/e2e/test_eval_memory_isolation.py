@@ -121,3 +121,33 @@ def test_anomaly_shots_with_a_configured_server_go_to_the_runs_own_memory(tmp_pa
                  "--bootstrap", "0", "--out", str(tmp_path / "run")])
     assert code == 0
     assert (tmp_path / "run" / "memory" / "r0").is_dir()  # the held-out anomaly went into the run's store
+
+
+def test_a_re_encoded_copy_of_the_query_is_left_out_and_its_defect_twin_kept(tmp_path):
+    """The own-image filter compares pixels loosely: a JPEG (or half-size) copy of the query is the query; the
+    same scene with a small clear defect, or another normal image, is not."""
+    import io
+
+    from PIL import Image
+
+    from agent.nodes.memory import not_the_query
+    from memory.examples import MemoryExample
+
+    rng = np.random.default_rng(3)
+    query = np.clip(rng.normal(128, 20, (192, 256, 3)), 0, 255).astype(np.uint8)
+    query = np.ascontiguousarray(np.repeat(np.repeat(query[::8, ::8], 8, 0), 8, 1))  # blocky texture, 8 px cells
+    other = np.ascontiguousarray(np.roll(query, 8, axis=1))  # another normal: the texture shifted one cell
+    twin = query.copy()
+    twin[90:100, 120:130] = 0  # the same part with a small dark defect
+    files = {}
+    for name, pixels, fmt in (("jpeg", query, "JPEG"), ("half", query[::2, ::2], "PNG"), ("twin", twin, "PNG"),
+                              ("other", other, "PNG")):
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, fmt, quality=80) if fmt == "JPEG" else Image.fromarray(pixels).save(buf, fmt)
+        path.write_bytes(buf.getvalue())
+        files[name] = path
+    hits = [(MemoryExample(id=f"{name:0>32}", category="c", label="anomalous", image_path=str(path),
+                           embedding_model="m"), 0.9) for name, path in files.items()]
+    kept = [ex.id for ex, _ in not_the_query(hits, query, 10**8, 10)]
+    assert kept == ["twin".rjust(32, "0"), "other".rjust(32, "0")]
