@@ -122,6 +122,11 @@ class AgentConfig(BaseSettings):
         "passes the same number to vLLM as --limit-mm-per-prompt (older images become a text line)")
     max_memory_normals: int = Field(8, ge=0, description="nearest normal examples retrieved from memory")
     max_memory_anomalies: int = Field(4, ge=0, description="nearest labelled anomalies retrieved from memory, apart from the normals")
+    memory_leave_out: Literal["same-pixels", "near-copies"] = Field(
+        "same-pixels", description="which memory examples count as the query itself and are never retrieved: "
+        "'same-pixels' (identical decoded pixels), or also 'near-copies' (re-encoded or rescaled copies, and "
+        "re-captures that look the same at 64x64; `eval` reading a user's memory sets it, so a copy of a test "
+        "image cannot answer for it); detect and serve keep near-identical normals the inspector marked")
     survey_weights: dict[str, float] | None = Field(
         None, description="the survey's other tools and their weights beside patch_knn (agent.survey_fusion; "
         "None: the defaults chosen by leave-category-out: none beside patch_knn); a tool with weight > 0 "

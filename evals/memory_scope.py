@@ -4,7 +4,8 @@ An evaluation must not see its own answers: feedback and ``memory import --with-
 images into the user's memory. So every ``eval`` reads its own run-scoped memory (empty, unless
 ``--anomaly-shots`` fills it with held-out anomalies) unless ``--memory PATH`` (a local store) or
 ``--memory server`` (the configured ``memory_host``) names one; even then the agent never retrieves an
-example of the query's own image, re-encoded or rescaled included (`agent.nodes.memory.not_the_query`).
+example of the query's own image, re-encoded or rescaled copies included (`memory_leave_out`
+"near-copies", `agent.nodes.memory.not_the_query`).
 
 The memory's identity (where it is, how many examples, a fingerprint of their ids) is recorded in the
 run's config and hashed with it, so ``--resume`` refuses to mix verdicts made with different memory
@@ -76,9 +77,9 @@ def eval_memory(cfg, memory: str | None, anomaly_shots: int) -> tuple[Any, dict[
             msg = "--memory server needs memory_host. Fix: set ANOMALY_AGENT_MEMORY_HOST (and _MEMORY_PORT), or give --memory PATH"
             raise UserInputError(msg)
         identity = {"scope": "server", "host": cfg.memory_host, "port": cfg.memory_port}
-        return cfg, {**identity, **fingerprint(cfg)}
+        return cfg.model_copy(update={"memory_leave_out": "near-copies"}), {**identity, **fingerprint(cfg)}
     path = Path(memory).expanduser().absolute()
-    cfg = cfg.model_copy(update={"memory_path": path, "memory_host": None})
+    cfg = cfg.model_copy(update={"memory_path": path, "memory_host": None, "memory_leave_out": "near-copies"})
     return cfg, {"scope": "path", "path": str(path), **fingerprint(cfg)}
 
 

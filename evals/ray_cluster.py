@@ -2,6 +2,7 @@
 
 - `check_cluster_reach`: when the cluster has nodes other than this machine, settings that name this
   machine (a localhost model endpoint or memory server, a local memory folder) are refused with the fix.
+- `worker_config`: the config an actor runs with: the driver's, except for the driver's default cache folder.
 - `worker_identity` / `identity_mismatch`: each actor reports its package version, a digest of its
   sources, its memory and its model endpoint; the driver refuses actors that differ from it.
 """
@@ -83,6 +84,20 @@ def code_digest() -> str:
                 h.update(str(path.relative_to(root)).encode())
                 h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def worker_config(config):
+    """The driver's `AgentConfig` as a worker uses it: a `bank_dir` left at its default becomes this worker's
+    own default (``$ANOMALY_AGENT_HOME/banks`` on its node), not the driver's home folder, which another
+    node may not have or may not let it write. A bank_dir the user set (flag, env, YAML) is kept: a shared
+    folder is the point of setting it."""
+    if "bank_dir" in config.model_fields_set:
+        return config
+    from agent.config import default_home
+
+    copy = config.model_copy(update={"bank_dir": default_home() / "banks"})
+    copy.__pydantic_fields_set__.discard("bank_dir")
+    return copy
 
 
 def worker_identity(config) -> dict[str, Any]:

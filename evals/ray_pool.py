@@ -40,7 +40,7 @@ from typing import Any
 
 from agent.errors import UserInputError
 from agent.schemas import Verdict
-from evals.ray_cluster import check_cluster_reach, identity_mismatch, worker_identity
+from evals.ray_cluster import check_cluster_reach, identity_mismatch, worker_config, worker_identity
 from tools.maps import float_map_path
 
 RAY_FIX = "Fix: pip install 'anomaly-agent[ray]' (or `pip install ray`), or run without --ray"
@@ -146,6 +146,7 @@ class DetectorWorker:
     """
 
     def __init__(self, config, kind: str = "agent", max_reference_sets: int = 32) -> None:
+        config = worker_config(config)
         self.config = config
         self.detector = build_detector(config, kind)
         self.tmp = Path(tempfile.mkdtemp(prefix="anomaly-agent-worker-"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from functools import lru_cache
 
@@ -85,13 +86,33 @@ def same_image(a: tuple[float, object] | None, b: tuple[float, object] | None) -
     return float(diff.mean()) < SAME_IMAGE_MEAN_DIFF and float(diff.max()) < SAME_IMAGE_MAX_DIFF
 
 
-def not_the_query(hits: list, query_pixels, max_pixels: int, k: int) -> list:
+@lru_cache(maxsize=4096)
+def example_pixel_digest(example_id: str, image_path: str, max_pixels: int) -> str | None:
+    """sha256 of a memory example's decoded RGB pixels (the query's `StoredImage.digest` form), or None
+    when its image cannot be read. Cached by example id: the id is the hash of the file's bytes."""
+    from tools.images import load_image
+
+    try:
+        return hashlib.sha256(load_image(image_path, max_pixels).tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - an unreadable example is judged by its id alone
+        return None
+
+
+def not_the_query(hits: list, query, max_pixels: int, k: int, leave_out: str = "same-pixels") -> list:
     """The first `k` hits whose image is not the query's own (issue 22: a test image that feedback or
     ``memory import --with-anomalies`` put into memory is never shown back as an example, nor used as a
-    reference or a known defect), also when memory holds it re-encoded (a JPEG of the PNG) or rescaled."""
-    query = thumbnail(query_pixels)
+    reference or a known defect).
+
+    Args:
+        query: the query's `StoredImage` (its digest and pixels).
+        leave_out: "same-pixels" (identical decoded pixels) or "near-copies" (also `same_image`: re-encoded or
+            rescaled copies, and re-captures that look the same; for evaluations).
+    """
+    near = leave_out == "near-copies"
+    thumb = thumbnail(query.pixels) if near else None
     kept = [(ex, sim) for ex, sim in hits
-            if not same_image(example_thumbnail(ex.id, ex.image_path, max_pixels), query)]
+            if example_pixel_digest(ex.id, ex.image_path, max_pixels) != query.digest
+            and not (near and same_image(example_thumbnail(ex.id, ex.image_path, max_pixels), thumb))]
     return kept[:k]
 
 
@@ -124,7 +145,7 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
                 continue
             # one more than needed: the query's own image, when stored, is the nearest and is left out
             near = store.nearest(category, query_vec, k=k + 1, label=label, embedding_model=embedder.model_id)
-            hits += not_the_query(near, query.pixels, rt.config.max_image_pixels, k)
+            hits += not_the_query(near, query, rt.config.max_image_pixels, k, rt.config.memory_leave_out)
     examples = [{"example": ex.model_dump(mode="json"), "similarity": float(sim)} for ex, sim in hits]
     update: dict = {"memory_examples": examples}
     learned = use_inspector_examples(res, examples, wants_refs)

@@ -73,6 +73,7 @@ def test_a_test_image_in_the_users_memory_is_never_shown_to_the_model(tmp_path, 
     assert any(LEAK in json.dumps(r.messages) for r in requests)
     identity = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["memory"]
     assert identity["scope"] == "path" and identity["path"] == str(memory) and identity["examples"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["memory_leave_out"] == "near-copies"
 
 
 def test_eval_without_memory_reads_none_of_the_users(tmp_path, isolated_home, monkeypatch):
@@ -124,9 +125,12 @@ def test_anomaly_shots_with_a_configured_server_go_to_the_runs_own_memory(tmp_pa
 
 
 def test_a_re_encoded_copy_of_the_query_is_left_out_and_its_defect_twin_kept(tmp_path):
-    """The own-image filter compares pixels loosely: a JPEG (or half-size) copy of the query is the query; the
-    same scene with a small clear defect, or another normal image, is not."""
+    """With "near-copies" (what an eval reading a user's memory uses) the own-image filter compares pixels
+    loosely: a JPEG (or half-size) copy of the query is the query; the same scene with a small clear defect,
+    or another normal image, is not. "same-pixels" (detect, serve) leaves out only identical pixels."""
+    import hashlib
     import io
+    from types import SimpleNamespace
 
     from PIL import Image
 
@@ -139,15 +143,19 @@ def test_a_re_encoded_copy_of_the_query_is_left_out_and_its_defect_twin_kept(tmp
     other = np.ascontiguousarray(np.roll(query, 8, axis=1))  # another normal: the texture shifted one cell
     twin = query.copy()
     twin[90:100, 120:130] = 0  # the same part with a small dark defect
-    files = {}
-    for name, pixels, fmt in (("jpeg", query, "JPEG"), ("half", query[::2, ::2], "PNG"), ("twin", twin, "PNG"),
-                              ("other", other, "PNG")):
+    hits = []
+    for name, pixels, fmt in (("same", query, "PNG"), ("jpeg", query, "JPEG"), ("half", query[::2, ::2], "PNG"),
+                              ("twin", twin, "PNG"), ("other", other, "PNG")):
         path = tmp_path / f"{name}.{fmt.lower()}"
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, fmt, quality=80) if fmt == "JPEG" else Image.fromarray(pixels).save(buf, fmt)
+        Image.fromarray(pixels).save(buf, fmt, **({"quality": 80} if fmt == "JPEG" else {}))
         path.write_bytes(buf.getvalue())
-        files[name] = path
-    hits = [(MemoryExample(id=f"{name:0>32}", category="c", label="anomalous", image_path=str(path),
-                           embedding_model="m"), 0.9) for name, path in files.items()]
-    kept = [ex.id for ex, _ in not_the_query(hits, query, 10**8, 10)]
-    assert kept == ["twin".rjust(32, "0"), "other".rjust(32, "0")]
+        hits.append((MemoryExample(id=name.rjust(32, "0"), category="c", label="anomalous", image_path=str(path),
+                                   embedding_model="m"), 0.9))
+    stored = SimpleNamespace(pixels=query, digest=hashlib.sha256(query.tobytes()).hexdigest())
+
+    def kept(leave_out):
+        return [ex.id.lstrip("0") for ex, _ in not_the_query(hits, stored, 10**8, 10, leave_out)]
+
+    assert kept("near-copies") == ["twin", "other"]
+    assert kept("same-pixels") == ["jpeg", "half", "twin", "other"]

@@ -90,3 +90,16 @@ def test_a_refused_pool_starts_no_local_ray(two_nodes, tmp_path, monkeypatch):
     with pytest.raises(UserInputError):
         pool.start()
     assert not ray.is_initialized()
+
+
+def test_a_worker_keeps_its_own_default_bank_dir_and_a_bank_dir_the_user_set(tmp_path, monkeypatch):
+    """Actors on another node get their own default cache folder, not the driver's home; a set one is kept."""
+    from evals.ray_cluster import worker_config
+
+    monkeypatch.setenv("ANOMALY_AGENT_HOME", str(tmp_path / "driver-home"))
+    default = load_config(memory_path=tmp_path / "none")
+    chosen = load_config(memory_path=tmp_path / "none", bank_dir=tmp_path / "shared-banks")
+    monkeypatch.setenv("ANOMALY_AGENT_HOME", str(tmp_path / "worker-home"))  # as on the worker's node
+    assert worker_config(default).bank_dir == tmp_path / "worker-home" / "banks"
+    assert worker_config(default).memory_path == default.memory_path  # everything else is the driver's
+    assert worker_config(chosen).bank_dir == tmp_path / "shared-banks"
