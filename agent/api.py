@@ -307,8 +307,12 @@ class AnomalyAgent:
                     category: str | None = None,
                     references: list[str | Path] | str | Path | None = None) -> Iterator[dict]:
         """`chat`, yielding the turn's steps (`agent.events.step_events`) as they happen, then
-        ``{"type": "reply", "reply": ChatReply}`` last. Raises as `chat` does."""
-        from agent.events import step_events
+        ``{"type": "reply", "reply": ChatReply}`` last. Raises as `chat` does.
+
+        Also yielded: ``{"type": "chat_turn", "verdict": dict | None}`` when the turn's answer begins (after any
+        detection), then ``answer_token`` events (`agent.events.answer_token`) as the model writes; the reply's
+        answer is the last model call's text, so a call that ends in tool calls is not the answer."""
+        from agent.events import answer_token, step_events
 
         listed = references if isinstance(references, list | tuple) else [references]
         if any(r is not None and not isinstance(r, str | Path) for r in listed):
@@ -343,13 +347,20 @@ class AnomalyAgent:
             state_in, _ = self._input(image, category, references, message)
             state_in["run_id"] = session
         state: dict = {}
+        chatting = False  # the turn's own model calls (after begin_turn) write the answer
         try:
-            for mode, chunk in graph.stream(state_in, config, stream_mode=["updates", "values"]):
+            for mode, chunk in graph.stream(state_in, config, stream_mode=["updates", "values", "messages"]):
                 if mode == "values":
                     state = chunk
-                    continue
-                for node, update in chunk.items():
-                    yield from step_events(node, update)
+                elif mode == "messages":
+                    if chatting and (event := answer_token(*chunk)) is not None:
+                        yield event
+                else:
+                    for node, update in chunk.items():
+                        if node == "begin_turn":
+                            chatting = True
+                            yield {"type": "chat_turn", "verdict": state.get("verdict")}
+                        yield from step_events(node, update)
         finally:
             self.runtime.end_run(session)  # the next turn restores the images from the saved session
         verdict = Verdict.model_validate(state["verdict"]) if state.get("verdict") else None

@@ -7,6 +7,9 @@
 - ``{"type": "model_turn", "text": "...", "tool_calls": [{"name": "zoom", "args": {...}}]}``
 - ``{"type": "reflect"}``, ``{"type": "answer", "text": "..."}`` (chat turns)
 
+`answer_token(message, metadata)` turns one piece of LangGraph's ``stream_mode="messages"`` into an
+``answer_token`` event (a chat turn's model writing its answer).
+
 `AnomalyAgent.astream_detect` adds ``{"type": "survey_started", "tools": [...]}`` after memory retrieval
 and the verdict once the run is finished (with its timings).
 """
@@ -55,3 +58,21 @@ def step_events(node: str, update: Any) -> list[dict]:
     if node == "answer" and update.get("answer"):
         return [{"type": "answer", "text": update["answer"]}]
     return []
+
+
+def answer_token(message: Any, metadata: dict) -> dict | None:
+    """An ``answer_token`` event for one streamed piece of a chat turn's model call (LangGraph's "messages"
+    stream), or None for pieces of other nodes and for non-streamed messages.
+
+    ``{"type": "answer_token", "text": str, "call": the call's message id, "tool_call": bool}``: `tool_call` is
+    True when the piece carries part of a tool call (that call is not the answer).
+    """
+    from langchain_core.messages import AIMessageChunk
+
+    if metadata.get("langgraph_node") != "model" or not isinstance(message, AIMessageChunk):
+        return None
+    text = _text(message)
+    calling = bool(message.tool_call_chunks)
+    if not text and not calling:
+        return None
+    return {"type": "answer_token", "text": text, "call": message.id or "", "tool_call": calling}

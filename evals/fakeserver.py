@@ -281,6 +281,8 @@ class FakeOpenAIServer:
         max_logprobs: vLLM's ``--max-logprobs`` (default 20, as serve-model passes).
         enable_auto_tool_choice: vLLM's ``--enable-auto-tool-choice`` (serve-model passes it).
         check_model: refuse a ``model`` that is not in `models` with vLLM's 404.
+        stream_piece_s: with ``stream``, seconds between the content's pieces (a word each), as a model
+            writing its answer.
         responder: called with the request body when the script is used up (before `default`);
             returns the reply. `inspection_responder` answers the agent and the direct baseline.
         reject_undecodable_images: answer 400 to a request with an image that cannot be decoded, as
@@ -307,6 +309,7 @@ class FakeOpenAIServer:
         check_model: bool = True,
         responder: Callable[[dict], Reply | dict | str] | None = None,
         reject_undecodable_images: bool = True,
+        stream_piece_s: float = 0.0,
     ) -> None:
         self._script: deque[Reply] = deque(Reply.of(r) for r in script)
         self.latency_s = latency_s
@@ -320,6 +323,7 @@ class FakeOpenAIServer:
         self.check_model = check_model
         self.responder = responder
         self.reject_undecodable_images = reject_undecodable_images
+        self.stream_piece_s = stream_piece_s
         self.requests: list[RecordedRequest] = []
         self.served = 0
         self._port = port
@@ -504,24 +508,29 @@ class FakeOpenAIServer:
             return await self._stream(request, body, completion)
         return web.json_response(completion)
 
-    @staticmethod
-    async def _stream(request: web.Request, body: dict, completion: dict) -> web.StreamResponse:
-        """Send `completion` as server-sent events, the way OpenAI streams chat completions."""
+    async def _stream(self, request: web.Request, body: dict, completion: dict) -> web.StreamResponse:
+        """Send `completion` as server-sent events, the way OpenAI streams chat completions: the role and the
+        first word of the content (with the logprobs and the tool calls), each further word in its own chunk
+        (`stream_piece_s` apart), the finish reason, and the usage when ``stream_options.include_usage``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         choice = completion["choices"][0]
         message = choice["message"]
         head = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        words = re.findall(r"\S*\s*", message.get("content") or "")[:-1] or [""]
+        delta: dict[str, Any] = {"role": "assistant", "content": words[0]}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        chunks = [
-            {**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice["logprobs"], "finish_reason": None}]},
-            {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}]},
-        ]
+        chunks = [{**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice["logprobs"], "finish_reason": None}]}]
+        chunks += [{**head, "choices": [{"index": 0, "delta": {"content": w}, "logprobs": None, "finish_reason": None}]}
+                   for w in words[1:]]
+        chunks.append({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                            "finish_reason": choice["finish_reason"]}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**head, "choices": [], "usage": completion["usage"]})
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
+            if i and self.stream_piece_s and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                await asyncio.sleep(self.stream_piece_s)
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -413,5 +413,6 @@ def build_openai_model(config: AgentConfig, *, logprobs: bool = False, top_logpr
         retries=config.max_retries,
         image_max_side=config.image_max_side,
         use_responses_api=False,
+        stream_usage=True,  # a streamed chat answer (serve's OpenAI endpoint) still reports its tokens
         **extra,
     )

@@ -8,7 +8,8 @@ whole prior history (`agent.server.openai_convo`); an edited or regenerated turn
 ``session`` id; a client may echo it as the extra field ``session``.
 
 ``stream: true`` answers as ``chat.completion.chunk`` server-sent events: the role at once, the agent's steps
-in ``delta.reasoning_content`` while it works, then the answer; ``usage`` holds the turn's model tokens (the
+in ``delta.reasoning_content`` while it works, then the verdict line and the answer's words as the model writes
+them (`agent.server.answer_stream`; the offline answer in pieces); ``usage`` holds the turn's model tokens (the
 last chunk when ``stream_options.include_usage`` is set). Sampling fields are ignored; ``n > 1``, a json_schema
 ``response_format``, ``tools`` and a forced ``tool_choice`` are refused (400, OpenAI's error shape).
 
@@ -19,6 +20,7 @@ Model ids: ``anomaly-agent`` (category and references from the request's extra f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -28,8 +30,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.server.answer_stream import AnswerStream
 from agent.server.errors import ApiError, internal_error
-from agent.server.openai_turn import plan, worker
+from agent.server.openai_turn import file_history, plan, verdict_heading, worker
 from agent.server.sse import SSE_HEADERS, chunks
 from agent.server.state import ServerState, server_state
 
@@ -135,8 +138,12 @@ def step_line(event: dict) -> str | None:
     return None
 
 
-def _verdict_line(reply) -> str | None:
-    v = reply.verdict
+def _verdict_line(v) -> str | None:
+    """The reasoning line of a turn's verdict (a `Verdict` or its JSON dict); None without an ok one."""
+    from agent.schemas import Verdict
+
+    if isinstance(v, dict):
+        v = Verdict.model_validate(v)
     if v is None or v.status != "ok":
         return None
     return f"verdict: {v.pred_label} (score {v.pred_score:.2f}, threshold {v.threshold:.2f})"
@@ -168,11 +175,20 @@ async def chat_completions(body: ChatRequest, state: ServerState = Depends(serve
 
     async def stream():
         yield chunk({"role": "assistant", "content": ""})
-        result = None
+        result = answer = None
         try:
             async for event in state.stream_blocking(worker(state, turn), deadline):
                 if event["type"] == "result":
                     result = event["value"]
+                elif event["type"] == "chat_turn":  # the answer begins: the verdict, then the model's words
+                    heading = verdict_heading(event["verdict"]) if turn.new_verdict else ""
+                    if heading:
+                        yield chunk({"reasoning_content": _verdict_line(event["verdict"]) + "\n"})
+                        yield chunk({"content": heading})
+                    answer = AnswerStream(state.redactor, heading)
+                elif event["type"] == "answer_token":
+                    if answer is not None and (piece := answer.add(event)):
+                        yield chunk({"content": piece})
                 elif (line := step_line(event)) is not None:
                     yield chunk({"reasoning_content": state.redactor.text(line) + "\n"})
         except Exception as exc:  # noqa: BLE001 - the response has started: OpenAI's error event, then the end
@@ -183,10 +199,18 @@ async def chat_completions(body: ChatRequest, state: ServerState = Depends(serve
             yield f"data: {json.dumps(body_)}\n\n"
             yield "data: [DONE]\n\n"
             return
-        if (line := _verdict_line(result["reply"])) is not None and turn.new_verdict:
-            yield chunk({"reasoning_content": line + "\n"})
-        for piece in chunks(result["text"]):
-            yield chunk({"content": piece})
+        if answer is None:  # no answer phase was seen (nothing streamed): the whole text in pieces
+            if (line := _verdict_line(result["reply"].verdict)) is not None and turn.new_verdict:
+                yield chunk({"reasoning_content": line + "\n"})
+            for piece in chunks(result["text"]):
+                yield chunk({"content": piece})
+        else:
+            text = result["text"]
+            rest = answer.finish(text[len(answer.prefix):] if text.startswith(answer.prefix) else text)
+            for piece in chunks(rest) if rest else []:  # the offline answer, or what the model's stream left
+                yield chunk({"content": piece})
+            if answer.shown != text:  # the client holds other words than the reply: its next request says so
+                await asyncio.to_thread(file_history, state, turn, answer.shown, result.get("checkpoint"))
         yield chunk({}, "stop")
         if include_usage:
             payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,

@@ -99,13 +99,29 @@ async def _fork(state: ServerState, source: str, checkpoint: str) -> str:
     return session
 
 
+def verdict_heading(verdict) -> str:
+    """The line an answer that judged an image starts with ("**ANOMALOUS**: score 0.93 (threshold 0.50)" and a
+    blank line); "" for no verdict or an error verdict. `verdict`: a `Verdict` or its JSON dict."""
+    from agent.schemas import Verdict
+
+    if isinstance(verdict, dict):
+        verdict = Verdict.model_validate(verdict)
+    if verdict is None or verdict.status != "ok":
+        return ""
+    return f"**{verdict.pred_label.upper()}**: score {verdict.pred_score:.2f} (threshold {verdict.threshold:.2f})\n\n"
+
+
 def content(reply, new_verdict: bool, redactor) -> str:
     """The assistant message's text: a verdict line first when the turn judged an image."""
-    text = redactor.text(reply.answer)
-    v = reply.verdict
-    if new_verdict and v is not None and v.status == "ok":
-        text = f"**{v.pred_label.upper()}**: score {v.pred_score:.2f} (threshold {v.threshold:.2f})\n\n{text}"
-    return text
+    return (verdict_heading(reply.verdict) if new_verdict else "") + redactor.text(reply.answer)
+
+
+def file_history(state: ServerState, turn: Turn, shown: str, checkpoint: str | None) -> None:
+    """File the history that ends in the assistant message `shown`, so the client's next request finds the
+    session (blocking: run it in a thread)."""
+    if checkpoint:
+        index(state).add(history_key([*turn.prior, turn.last, {"role": "assistant", "content": shown}], turn.scope),
+                         turn.session, checkpoint)
 
 
 def _tokens(values: dict) -> tuple[int, int]:
@@ -115,8 +131,6 @@ def _tokens(values: dict) -> tuple[int, int]:
 def worker(state: ServerState, turn: Turn):
     """The function (``fn(emit)``) the admission queue runs in a worker thread; returns
     ``{"reply", "text", "usage"}``."""
-    from agent.server.openai_convo import history_key as key_of
-
     def run(emit=None) -> dict:
         agent = state.agent
         with state.session_lock(turn.session):
@@ -125,11 +139,9 @@ def worker(state: ServerState, turn: Turn):
             after = _tokens(agent.session_state(turn.session))
             checkpoint = agent.session_checkpoint(turn.session)
         text = content(reply, turn.new_verdict, state.redactor)
-        answered = [*turn.prior, turn.last, {"role": "assistant", "content": text}]
-        if checkpoint:
-            index(state).add(key_of(answered, turn.scope), turn.session, checkpoint)
+        file_history(state, turn, text, checkpoint)
         prompt, completion = after[0] - before[0], after[1] - before[1]
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return {"reply": reply, "text": text, "usage": usage}
+        return {"reply": reply, "text": text, "usage": usage, "checkpoint": checkpoint}
 
     return run

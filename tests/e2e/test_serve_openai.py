@@ -200,3 +200,18 @@ def test_model_backend_streams_incrementally_with_the_models_usage(tmp_path):
             assert steps and steps[0] < first_content - 0.4  # steps streamed while the model worked
             usage = arrivals[-1][2]["usage"]
             assert usage == {"prompt_tokens": 120 * made, "completion_tokens": 9 * made, "total_tokens": 129 * made}
+
+            # a follow-up: the model's answer reaches the client word by word as the model writes it
+            fake.stream_piece_s = 0.15
+            answer = "fake server: no tool needed; the survey evidence is enough."
+            history = [FIRST, {"role": "assistant", "content": reply.choices[0].message.content},
+                       {"role": "user", "content": "Why?"}]
+            started = time.monotonic()
+            pieces: list[tuple[float, str]] = []
+            for chunk in client.chat.completions.create(model="anomaly-agent/fakecat", messages=history, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append((time.monotonic() - started, chunk.choices[0].delta.content))
+            assert "".join(p for _, p in pieces) == answer
+            assert len(pieces) >= 4 and pieces[-1][0] - pieces[0][0] >= 0.15 * 4  # sent as they came, not at the end
+            again = client.chat.completions.create(model="anomaly-agent/fakecat", messages=history)
+            assert again.choices[0].message.content == answer  # streaming or not, the same reply
