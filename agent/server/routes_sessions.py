@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from agent.server.answer_stream import AnswerStream
 from agent.server.errors import ApiError, internal_error, split_fix
 from agent.server.forms import images_field, read_form, references_field, text_field
 from agent.server.prune import touch
@@ -141,12 +142,16 @@ async def turn(request: Request, state: ServerState, session: str, message: str,
     async def stream():
         yield sse("started", {"session": session})
         reply = None
+        answer = AnswerStream(state.redactor)  # the model's words as it writes them (agent.server.answer_stream)
         try:
             async for event in state.stream_blocking(lambda emit: _call(state, session, message, first, emit)(),
                                                      deadline):
                 if event["type"] == "result":
                     reply = event["value"]
-                else:
+                elif event["type"] == "answer_token":
+                    if piece := answer.add(event):
+                        yield sse("answer_delta", {"text": piece})
+                elif event["type"] != "chat_turn":  # its verdict comes, without server paths, in "reply"
                     yield sse(event["type"], event)
         except ApiError as exc:
             yield sse("error", state.redactor.json(exc.body()))
@@ -154,9 +159,11 @@ async def turn(request: Request, state: ServerState, session: str, message: str,
         except Exception as exc:  # noqa: BLE001 - the response has started: said in the stream
             yield sse("error", internal_error(exc).body())
             return
-        for piece in chunks(reply.answer):
+        body = reply_body(state, reply)
+        rest = answer.finish(body["answer"])
+        for piece in chunks(rest) if rest else []:
             yield sse("answer_delta", {"text": piece})
-        yield sse("reply", reply_body(state, reply))
+        yield sse("reply", body)
         yield sse("done", {"session": session})
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -215,3 +215,12 @@ def test_model_backend_streams_incrementally_with_the_models_usage(tmp_path):
             assert len(pieces) >= 4 and pieces[-1][0] - pieces[0][0] >= 0.15 * 4  # sent as they came, not at the end
             again = client.chat.completions.create(model="anomaly-agent/fakecat", messages=history)
             assert again.choices[0].message.content == answer  # streaming or not, the same reply
+
+            # the page's chat stream does the same: answer_delta events as the model writes, then the reply
+            with httpx.stream("POST", f"{srv.url}/v1/sessions/{reply.session}/messages", json={"message": "Why?"},
+                              headers={"Accept": "text/event-stream"}, timeout=120) as events:
+                lines = [line for line in events.iter_lines() if line.startswith(("event: ", "data: "))]
+            kinds = [line[7:] for line in lines if line.startswith("event: ")]
+            deltas = [json.loads(lines[i + 1][6:])["text"] for i, line in enumerate(lines) if line == "event: answer_delta"]
+            assert "chat_turn" not in kinds and "answer_token" not in kinds and kinds[-2:] == ["reply", "done"]
+            assert "".join(deltas) == answer == json.loads(lines[-3][6:])["answer"] and len(deltas) >= 4
