@@ -11,7 +11,7 @@ from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, Field, field_validator
 
 from agent.conversation import initial_messages, request_messages
-from agent.nodes.model import budget_problem, usage_update
+from agent.nodes.model import budget_problem, unstreamed, usage_update
 from agent.runtime import AgentRuntime
 from agent.state import State
 
@@ -87,16 +87,6 @@ def _invalid_answer(state: State, new: list, prompt: HumanMessage, exc: Exceptio
     }
 
 
-def scoring_model(model):
-    """`model` for the scored answer: never streamed, also when a chat streams its answer's tokens (its
-    logprobs, JSON and token counts are read from one whole response, as the fidelity tests check)."""
-    from langchain_core.language_models import BaseChatModel
-
-    if not isinstance(model, BaseChatModel) or model.disable_streaming is True:
-        return model
-    return model.model_copy(update={"disable_streaming": True})
-
-
 def decide(state: State, *, rt: AgentRuntime) -> dict:
     if rt.backend.model is None:
         return {}
@@ -106,7 +96,7 @@ def decide(state: State, *, rt: AgentRuntime) -> dict:
     start = time.perf_counter()
     new, messages, prompt, drops = _prepare(state, rt)
     try:
-        result = invoke_structured(scoring_model(rt.backend.model), messages, ModelVerdict, max_repairs=1)
+        result = invoke_structured(unstreamed(rt.backend.model), messages, ModelVerdict, max_repairs=1)
     except ModelOutputError as exc:
         return _invalid_answer(state, new, prompt, exc, start, drops)
     return _answer(state, new, prompt, result, start, drops)
@@ -122,9 +112,9 @@ async def adecide(state: State, *, rt: AgentRuntime) -> dict:
     new, messages, prompt, drops = _prepare(state, rt)
     try:
         if hasattr(structured, "ainvoke_structured"):
-            result = await structured.ainvoke_structured(scoring_model(rt.backend.model), messages, ModelVerdict, max_repairs=1)
+            result = await structured.ainvoke_structured(unstreamed(rt.backend.model), messages, ModelVerdict, max_repairs=1)
         else:
-            result = await asyncio.to_thread(structured.invoke_structured, scoring_model(rt.backend.model), messages,
+            result = await asyncio.to_thread(structured.invoke_structured, unstreamed(rt.backend.model), messages,
                                              ModelVerdict, max_repairs=1)
     except ModelOutputError as exc:
         return _invalid_answer(state, new, prompt, exc, start, drops)

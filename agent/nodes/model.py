@@ -37,6 +37,17 @@ def usage_update(state: State, message: AIMessage) -> dict:
     }
 
 
+def unstreamed(model):
+    """`model`, never streamed over HTTP, also while a chat streams its answer (LangGraph's "messages" stream
+    makes a chat model stream): the detection's turns and the scored verdict are read from one whole
+    response (logprobs, JSON, tool calls, token counts), as the vLLM fidelity tests check."""
+    from langchain_core.language_models import BaseChatModel
+
+    if not isinstance(model, BaseChatModel) or model.disable_streaming is True:
+        return model
+    return model.model_copy(update={"disable_streaming": True})
+
+
 def _prepare(state: State, rt: AgentRuntime):
     """(new messages to add, the message list to send (within the image budget), the bound model, the
     state update recording replaced images) or a stop update."""
@@ -47,7 +58,8 @@ def _prepare(state: State, rt: AgentRuntime):
         return None, {"messages": new, "budget_exhausted": problem}
     messages, drops = request_messages(rt, res, state, list(state.get("messages", [])) + new)
     tools = [schema_tool(name) for name in rt.available_tools(len(res.ctx.reference_ids))]
-    model = rt.backend.model.bind_tools(tools) if tools else rt.backend.model
+    model = rt.backend.model if state.get("phase") == "chat" else unstreamed(rt.backend.model)  # a chat answer streams
+    model = model.bind_tools(tools) if tools else model
     return (new, messages, model, drops), None
 
 

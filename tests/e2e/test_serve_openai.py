@@ -224,3 +224,7 @@ def test_model_backend_streams_incrementally_with_the_models_usage(tmp_path):
             deltas = [json.loads(lines[i + 1][6:])["text"] for i, line in enumerate(lines) if line == "event: answer_delta"]
             assert "chat_turn" not in kinds and "answer_token" not in kinds and kinds[-2:] == ["reply", "done"]
             assert "".join(deltas) == answer == json.loads(lines[-3][6:])["answer"] and len(deltas) >= 4
+            # only a chat turn's own calls stream; the detection's turns and the scored verdict are read whole
+            scored = [r.body for r in fake.requests if r.body.get("response_format")]
+            assert scored and not any(b.get("stream") for b in scored)
+            assert any(b.get("stream") for b in (r.body for r in fake.requests))
