@@ -31,6 +31,7 @@ from evals.bench.patch_knn_protocol import (
     _auroc,
     _drop_query_features,
     realsets_splits,
+    small_masks,
     synthetic_splits,
 )
 from evals.bench.tools import REALSETS, _small
@@ -48,7 +49,7 @@ def methods() -> dict:
 
 def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS) -> None:
     """Write the split's lines to `out` (a text file)."""
-    from evals.datasets import load_mask, select_references
+    from evals.datasets import select_references
     from tools.base import ToolContext, ToolSettings
     from tools.images import ImageStore
     from tools.parts_check import PartsCheck
@@ -57,14 +58,7 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS) 
 
     store = ImageStore()
     test_ids = [store.add_file(s.path, prefix="test") for s in split.test]
-    masks = {}
-    for s, tid in zip(split.test, test_ids, strict=True):
-        img = store.get(tid)
-        if s.mask_path:
-            masks[tid] = _small(load_mask(s.mask_path, (img.height, img.width)).astype(np.uint8), cv2.INTER_NEAREST)
-        elif s.label == 0:
-            masks[tid] = _small(np.zeros((img.height, img.width), np.uint8), cv2.INTER_NEAREST)
-    has_masks = any(m.any() for m in masks.values())
+    masks, has_masks = small_masks(store, split.test, test_ids)
     settings = ToolSettings(device="cpu", threads=threads, out_dir=Path(tempfile.mkdtemp(prefix="survey-maps-")))
     knn = {name: PatchKnn(cfg) for name, cfg in methods().items()}
     others = {name: tool for name, tool in (("reference_diff", ReferenceDiff()), ("parts_check", PartsCheck()))

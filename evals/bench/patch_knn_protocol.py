@@ -93,9 +93,24 @@ def _drop_query_features(ctx) -> None:
         del ctx.cache[key]
 
 
+def small_masks(store, samples, test_ids: list[str]) -> tuple[dict, bool]:
+    """(test id -> its ground-truth mask at <= 256 px a side (uint8; all zero for a normal image; anomalies
+    without a mask are left out), whether any mask marks a pixel)."""
+    from evals.datasets import load_mask
+
+    masks = {}
+    for s, tid in zip(samples, test_ids, strict=True):
+        img = store.get(tid)
+        if s.mask_path:
+            masks[tid] = _small(load_mask(s.mask_path, (img.height, img.width)).astype(np.uint8), cv2.INTER_NEAREST)
+        elif s.label == 0:
+            masks[tid] = _small(np.zeros((img.height, img.width), np.uint8), cv2.INTER_NEAREST)
+    return masks, any(m.any() for m in masks.values())
+
+
 def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: int, threads: int) -> list[dict]:
     """Rows of (method, category, k) metrics, each the mean over `draws` reference draws."""
-    from evals.datasets import load_mask, select_references
+    from evals.datasets import select_references
     from tools.base import ToolContext, ToolSettings
     from tools.images import ImageStore
     from tools.patch_knn import PatchKnn
@@ -103,14 +118,7 @@ def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: 
     store = ImageStore()
     test_ids = [store.add_file(s.path, prefix="test") for s in split.test]
     labels = [s.label for s in split.test]
-    masks = {}
-    for s, tid in zip(split.test, test_ids, strict=True):
-        img = store.get(tid)
-        if s.mask_path:
-            masks[tid] = _small(load_mask(s.mask_path, (img.height, img.width)).astype(np.uint8), cv2.INTER_NEAREST)
-        elif s.label == 0:
-            masks[tid] = _small(np.zeros((img.height, img.width), np.uint8), cv2.INTER_NEAREST)
-    has_masks = any(m.any() for m in masks.values())
+    masks, has_masks = small_masks(store, split.test, test_ids)
     ref_ids = {}
     for k in ks:
         for d in range(draws):
