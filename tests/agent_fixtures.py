@@ -21,6 +21,24 @@ def texture(seed: int) -> np.ndarray:
     return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+def defect_set(root: Path, n_refs: int, defect_seeds) -> tuple[Path, dict[Path, float]]:
+    """Write `n_refs` normal textures to ``root/refs`` and one defect image per seed; (the refs folder,
+    defect path -> its tools-only verdict score)."""
+    from agent.api import AnomalyAgent
+
+    refs = root / "refs"
+    refs.mkdir()
+    for i in range(n_refs):
+        Image.fromarray(texture(i)).save(refs / f"ref{i}.png")
+    paths = []
+    for i, seed in enumerate(defect_seeds):
+        path = root / f"defect{i}.png"
+        Image.fromarray(with_defect(texture(seed))).save(path)
+        paths.append(path)
+    tools_only = AnomalyAgent.from_config(backend="none", memory_path=root / "no-memory", threads=2)
+    return refs, {p: tools_only.detect(p, category="texture", references=refs).pred_score for p in paths}
+
+
 def with_defect(pixels: np.ndarray) -> np.ndarray:
     out = pixels.copy()
     x0, y0, x1, y1 = DEFECT_BOX

@@ -19,10 +19,10 @@ from memory.embed import default_embedder
 from memory.store import ExampleInput, open_store
 from tests.agent_fixtures import (
     DEFECT_BOX,
+    defect_set,
     label_logprobs,
     texture,
     verdict_json,
-    with_defect,
     write_set,
 )
 from tools.images import load_image
@@ -87,20 +87,9 @@ def test_only_a_structured_output_400_falls_back_to_json_mode(tmp_path):
 @pytest.fixture(scope="module")
 def defects(tmp_path_factory):
     """Three references and five images with a clearly measured defect (tools alone score >= 0.95)."""
-    root = tmp_path_factory.mktemp("defects")
-    refs = root / "refs"
-    refs.mkdir()
-    for i in range(3):
-        Image.fromarray(texture(i)).save(refs / f"ref{i}.png")
-    paths = []
-    for i in range(5):
-        path = root / f"defect{i}.png"
-        Image.fromarray(with_defect(texture(200 + i))).save(path)
-        paths.append(path)
-    tools_only = AnomalyAgent.from_config(backend="none", memory_path=root / "no-memory", threads=2)
-    scores = [tools_only.detect(p, category="texture", references=refs).pred_score for p in paths]
-    assert all(s >= 0.95 for s in scores), scores
-    return refs, paths
+    refs, scores = defect_set(tmp_path_factory.mktemp("defects"), 3, range(200, 205))
+    assert all(s >= 0.95 for s in scores.values()), scores
+    return refs, list(scores)
 
 
 @pytest.mark.parametrize("no_logprobs", [

@@ -5,12 +5,11 @@ tools-only verdict scores >= 0.9 stay anomalous when the model (a) calls the inc
 from __future__ import annotations
 
 import pytest
-from PIL import Image
 
 from agent.api import AnomalyAgent
 from agent.config import load_config
 from evals.fakeserver import FakeOpenAIServer
-from tests.agent_fixtures import texture, verdict_json, with_defect
+from tests.agent_fixtures import defect_set, verdict_json
 
 REASON = "The dark ellipse is a shadow of the fixture, not a defect of the part."
 INCIDENTAL_CALLS = {"tool_calls": [{"name": "parts_check", "arguments": {}, "id": "p1"},
@@ -26,18 +25,7 @@ def _cfg(srv, tmp_path, **kw):
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """References and the defects whose tools-only verdict scores at least 0.9."""
-    root = tmp_path_factory.mktemp("held-out")
-    refs = root / "refs"
-    refs.mkdir()
-    for i in range(4):
-        Image.fromarray(texture(i)).save(refs / f"ref{i}.png")
-    paths = []
-    for i in range(5):
-        path = root / f"defect{i}.png"
-        Image.fromarray(with_defect(texture(300 + i))).save(path)
-        paths.append(path)
-    tools_only = AnomalyAgent.from_config(backend="none", memory_path=root / "no-memory", threads=2)
-    scores = {p: tools_only.detect(p, category="texture", references=refs).pred_score for p in paths}
+    refs, scores = defect_set(tmp_path_factory.mktemp("held-out"), 4, range(300, 305))
     clear = [p for p, s in scores.items() if s >= 0.9]
     assert len(clear) >= 3, scores
     return refs, clear

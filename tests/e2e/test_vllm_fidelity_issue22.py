@@ -99,24 +99,17 @@ def test_a_failed_hermes_parse_goes_back_to_the_model_as_an_error(tmp_path):
     assert all(r.rejected is None for r in requests), [r.rejected for r in requests]
 
 
-def test_label_tokens_under_half_the_mass_are_logprobs_partial(tmp_path):
+@pytest.mark.parametrize(("label_probs", "source"), [
+    ({"normal": 0.3, "anomalous": 0.1}, "logprobs-partial"),  # label tokens under half the mass
+    ({"normal": 0.7, "anomalous": 0.2}, "logprobs"),  # the full label mass
+])
+def test_the_label_mass_sets_the_score_source(tmp_path, label_probs, source):
     images = write_set(tmp_path)
-    script = [{"content": "no tool needed"},
-              {"content": verdict_json("normal"), "label_probs": {"normal": 0.3, "anomalous": 0.1}}]
+    script = [{"content": "no tool needed"}, {"content": verdict_json("normal"), "label_probs": label_probs}]
     with FakeOpenAIServer(script=script) as srv:
         v = _agent(srv).detect(images["good"], category="texture", references=images["refs"])
     assert v.status == "ok", v.error
-    assert v.score_source == "logprobs-partial"
-
-
-def test_full_label_mass_is_plain_logprobs(tmp_path):
-    images = write_set(tmp_path)
-    script = [{"content": "no tool needed"},
-              {"content": verdict_json("normal"), "label_probs": {"normal": 0.7, "anomalous": 0.2}}]
-    with FakeOpenAIServer(script=script) as srv:
-        v = _agent(srv).detect(images["good"], category="texture", references=images["refs"])
-    assert v.status == "ok", v.error
-    assert v.score_source == "logprobs"
+    assert v.score_source == source
 
 
 def test_an_answer_cut_at_max_tokens_is_never_read_as_a_label(tmp_path):
