@@ -31,7 +31,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from collections import OrderedDict
@@ -42,6 +41,7 @@ from agent.errors import UserInputError
 from agent.schemas import Verdict
 from evals.ray_cluster import check_cluster_reach, identity_mismatch, worker_config, worker_identity
 from tools.maps import float_map_path
+from tools.tempdirs import temp_dir
 
 RAY_FIX = "Fix: pip install 'anomaly-agent[ray]' (or `pip install ray`), or run without --ray"
 LOCAL_ADDRESSES = ("local", "")
@@ -149,7 +149,7 @@ class DetectorWorker:
         config = worker_config(config)
         self.config = config
         self.detector = build_detector(config, kind)
-        self.tmp = Path(tempfile.mkdtemp(prefix="anomaly-agent-worker-"))
+        self.tmp = temp_dir("worker-")  # inside the process temp root: removed at exit, or by the next process if killed
         self.max_reference_sets = max_reference_sets
         self._refs: OrderedDict[str, asyncio.Future] = OrderedDict()
 
@@ -283,7 +283,7 @@ class RayPool:
         self._remote = None
         self._starting: dict[int, asyncio.Task] = {}
         self._ref_sets: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
-        self.staging = Path(tempfile.mkdtemp(prefix="anomaly-agent-maps-"))
+        self.staging = temp_dir("ray-maps-")
         self.info: list[dict] = []
         self.expected: dict[str, Any] = {}
 

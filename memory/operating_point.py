@@ -46,32 +46,59 @@ def _softplus(x: float) -> float:
     return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
 
 
-def fit_threshold(labelled: list[tuple[str, float]], u0: float = 0.0) -> float:
-    """The threshold (probability) minimising the module's cost over (label, score) pairs."""
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """How labels move a threshold (the module docstring's cost): `prior` per nat^2 toward the edge, `tau` nats of
+    softness, `max_step` nats per label, and `normal_weight`, the cost of a normal above the line relative to an
+    anomaly below it (1: both errors count alike). `evals.threshold_replay` compares policies."""
+
+    prior: float = PRIOR
+    tau: float = TAU
+    max_step: float = MAX_STEP
+    normal_weight: float = 1.0
+
+
+SHIPPED_POLICY = ThresholdPolicy()
+
+
+def fit_threshold(labelled: list[tuple[str, float]], u0: float = 0.0,
+                  policy: ThresholdPolicy = SHIPPED_POLICY) -> float:
+    """The threshold (probability) minimising the policy's cost over (label, score) pairs."""
     us = [(label, _logit(score)) for label, score in labelled]
     best_u, best_cost = u0, float("inf")
     steps = 481
     for i in range(steps):
         u = -U_RANGE + 2 * U_RANGE * i / (steps - 1)
-        cost = PRIOR * (u - u0) ** 2
+        cost = policy.prior * (u - u0) ** 2
         for label, ui in us:
-            cost += _softplus((ui - u) / TAU) if label == "normal" else _softplus((u - ui) / TAU)
+            if label == "normal":
+                cost += policy.normal_weight * _softplus((ui - u) / policy.tau)
+            else:
+                cost += _softplus((u - ui) / policy.tau)
         if cost < best_cost - 1e-12:
             best_u, best_cost = u, cost
     return _sigmoid(best_u)
 
 
-def replay(labels: list[dict]) -> tuple[float, list[dict]]:
-    """Thresholds after each label in order, each move bounded by MAX_STEP: (final threshold, history)."""
-    u = _logit(DEFAULT_THRESHOLD)
+def next_threshold(current: float, labelled: list[tuple[str, float]],
+                   policy: ThresholdPolicy = SHIPPED_POLICY) -> float:
+    """The threshold after the last of `labelled` (label, score) pairs: toward their fit, by at most max_step."""
+    u = _logit(current)
+    target = _logit(fit_threshold(labelled, policy=policy))
+    return _sigmoid(u + max(-policy.max_step, min(policy.max_step, target - u)))
+
+
+def replay(labels: list[dict], policy: ThresholdPolicy = SHIPPED_POLICY) -> tuple[float, list[dict]]:
+    """Thresholds after each label in order, each move bounded by the policy's max_step: (final threshold,
+    history)."""
+    threshold = DEFAULT_THRESHOLD
     history = []
     for i, rec in enumerate(labels):
-        target = _logit(fit_threshold([(r["label"], r["score"]) for r in labels[: i + 1]]))
-        new = u + max(-MAX_STEP, min(MAX_STEP, target - u))
+        new = next_threshold(threshold, [(r["label"], r["score"]) for r in labels[: i + 1]], policy)
         history.append({"after": rec["id"], "label": rec["label"], "score": rec["score"],
-                        "from": round(_sigmoid(u), 4), "to": round(_sigmoid(new), 4), "at": rec.get("at")})
-        u = new
-    return _sigmoid(u), history
+                        "from": round(threshold, 4), "to": round(new, 4), "at": rec.get("at")})
+        threshold = new
+    return threshold, history
 
 
 @dataclass

@@ -239,7 +239,8 @@ class BankStore:
         return bank
 
 
-def stored_bank(folder: Path | None, backbone, config, refs, build: typing.Callable[[], typing.Any]):
+def stored_bank(folder: Path | None, backbone, config, refs, build: typing.Callable[[], typing.Any],
+                calibrate: list[bool] | None = None):
     """patch_knn's bank for `refs`: loaded from `folder` when stored there with the same key, else built
     (with progress on stderr when it takes over a second) and stored. `folder` None: never stored.
 
@@ -249,6 +250,8 @@ def stored_bank(folder: Path | None, backbone, config, refs, build: typing.Calla
         config: the tool's config dataclass (every field goes into the key).
         refs: the references (`StoredImage`s; their pixel digests, in order, go into the key).
         build: builds the bank (a dataclass with a faiss index field, or a list of them).
+        calibrate: per reference, whether it is held out for calibration (None or all True: every one; a
+            bank-only reference changes the key).
     """
     from tools.patch_knn import ReferenceBank
     from tools.progress import activity
@@ -260,6 +263,7 @@ def stored_bank(folder: Path | None, backbone, config, refs, build: typing.Calla
             "tool": "patch_knn", "backbone": backbone.model_id, "device": str(backbone.device),
             "weights": weights_digest(backbone.module), "config": dataclasses.asdict(config),
             "refs": [r.digest for r in refs],
+            **({"bank_only": [not c for c in calibrate]} if calibrate is not None and not all(calibrate) else {}),
         })
         bank = store.load(key, ReferenceBank)
         if bank is not None:

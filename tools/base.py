@@ -85,6 +85,9 @@ class ToolContext:
         self.reference_ids = list(reference_ids or [])
         # labelled anomalous examples (image id, name to cite) the tools may compare with (`tools.defect_bank`)
         self.known_defects: list[tuple[str, str]] = []
+        # references that widen the banks but are not held out to calibrate the edge of normal: hard normals
+        # (false alarms the inspector marked normal), whose unusualness would otherwise move the edge
+        self.bank_only_ids: set[str] = set()
         self.settings = settings or ToolSettings()
         self.category = category
         self.cache: RunCache = RunCache(ByteLRU() if shared_cache is None else shared_cache, self._reference_digests)

@@ -561,15 +561,19 @@ class PatchKnn(Tool):
         assert self.backbone is not None
         ref_ids = ctx.require_references(self.name)
         refs = [ctx.images.get(i) for i in ref_ids]
-        key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs))
+        calibrate = [i not in ctx.bank_only_ids for i in ref_ids]
+        key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs),
+               tuple(calibrate))
         bank = ctx.cache.get(key)
         if bank is None:
             bank = stored_bank(ctx.settings.bank_dir, self.backbone, self.config, refs,
-                               lambda: self._build_bank(ctx, refs))
+                               lambda: self._build_bank(ctx, refs, calibrate), calibrate)
             ctx.cache[key] = bank
         return bank
 
-    def _build_bank(self, ctx: ToolContext, refs) -> ReferenceBank:
+    def _build_bank(self, ctx: ToolContext, refs, calibrate: list[bool] | None = None) -> ReferenceBank:
+        """The bank of `refs`; `calibrate[i]` False: reference i widens the bank but is never held out for the
+        leave-one-out edge of normal (a hard normal; all are held out when fewer than one would be)."""
         cfg = self.config
         assert self.backbone is not None
         long_side = float(np.median([max(r.height, r.width) for r in refs]))
@@ -600,7 +604,9 @@ class PatchKnn(Tool):
         indexes = [_flat_index(np.concatenate(per_ref[v])) for v in range(len(views))]
         view_grids: list[list[np.ndarray]] = []  # [normal image] -> per view its distance grid
         if len(refs) >= 2:
-            held_out = np.unique(np.linspace(0, len(refs) - 1, min(len(refs), cfg.max_loo)).round().astype(int))
+            pool = [i for i in range(len(refs)) if calibrate is None or calibrate[i]] or list(range(len(refs)))
+            held_out = [pool[j] for j in np.unique(np.linspace(0, len(pool) - 1, min(len(pool), cfg.max_loo))
+                                                   .round().astype(int))]
             for i in held_out:
                 view_grids.append([
                     nn_distance(_flat_index(np.concatenate([r for j, r in enumerate(per_ref[v]) if j != i])),
@@ -704,7 +710,7 @@ class PatchKnn(Tool):
             return None
         examples = [(ctx.images.get(i), name) for i, name in ctx.known_defects]
         key = ("patch_knn:defects", self.backbone.model_id, self.config.key(),
-               tuple(r.digest for r in (ctx.images.get(i) for i in ctx.reference_ids)),
+               tuple(r.digest for r in (ctx.images.get(i) for i in ctx.reference_ids)), bank.edge,
                tuple((img.digest, name) for img, name in examples))
         found = ctx.cache.get(key)
         if found is None:

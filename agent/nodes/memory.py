@@ -13,6 +13,11 @@ from agent.state import State
 FEEDBACK_SOURCE = "feedback"  # a memory example stored from an inspector's feedback has a source starting so
 
 
+def is_hard_normal(example: dict) -> bool:
+    """A memory example (as JSON) stored as normal from an inspector's feedback (a false alarm)."""
+    return example["label"] == "normal" and str(example.get("source") or "").startswith(FEEDBACK_SOURCE)
+
+
 def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
     """Put what the inspector taught to use in this run (no model needed):
 
@@ -20,7 +25,9 @@ def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
       `tools.defect_bank`), named by their defect type and id;
     - with references given by the user (not "memory"), normals stored from feedback (false alarms marked
       normal: hard normals) join the references; at most `max_memory_normals`, nearest first, as retrieved.
-      With references from memory every retrieved normal is already a reference.
+      With references from memory every retrieved normal is already a reference. Either way a hard normal
+      only widens the bank (`ToolContext.bank_only_ids`): the edge of normal stays calibrated on the other
+      references, so one unusual normal does not lower every score that the threshold was refit on.
 
     Returns True when the references changed.
     """
@@ -33,11 +40,12 @@ def use_inspector_examples(res, examples: list[dict], wants_refs: bool) -> bool:
         res.ctx.known_defects.append((image_id, f"'{what}' (memory example {ex['id'][:8]})"))
     if wants_refs or not res.ctx.reference_ids:
         return False
-    hard = sorted((e["example"] for e in examples
-                   if e["example"]["label"] == "normal" and str(e["example"].get("source") or "").startswith(FEEDBACK_SOURCE)),
+    hard = sorted((e["example"] for e in examples if is_hard_normal(e["example"])),
                   key=lambda ex: ex["id"])  # a fixed order: the same set makes the same bank
     for ex in hard:
-        res.ctx.reference_ids.append(res.images.add_file(ex["image_path"], prefix="ref"))
+        image_id = res.images.add_file(ex["image_path"], prefix="ref")
+        res.ctx.reference_ids.append(image_id)
+        res.ctx.bank_only_ids.add(image_id)
     if hard:
         res.notes.append(f"{len(hard)} normal example(s) the inspector marked as false alarms joined the references")
     return bool(hard)
@@ -158,9 +166,13 @@ def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
             raise UserInputError(msg)
         # in a fixed order (by example id), not by similarity: the same normals then make the same reference
         # bank for every query, and it is built once instead of once per order
-        paths = [e["example"]["image_path"] for e in sorted(normals, key=lambda e: e["example"]["id"])]
-        for path in paths:
-            res.ctx.reference_ids.append(res.images.add_file(path, prefix="ref"))
+        normals = sorted(normals, key=lambda e: e["example"]["id"])
+        paths = [e["example"]["image_path"] for e in normals]
+        for e in normals:
+            image_id = res.images.add_file(e["example"]["image_path"], prefix="ref")
+            res.ctx.reference_ids.append(image_id)
+            if is_hard_normal(e["example"]):
+                res.ctx.bank_only_ids.add(image_id)
         update["reference_ids"] = list(res.ctx.reference_ids)
         update["reference_paths"] = paths
     from memory.examples import render_notes

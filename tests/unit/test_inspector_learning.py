@@ -81,3 +81,36 @@ def test_feedback_through_the_agent_learns_and_undo_reverts(tmp_path):
     rt.operating_points().remove(result.example.id)
     assert rt.active_threshold("tile") == (0.5, "default")
     store.close()
+
+
+def _rough(seed: int) -> np.ndarray:
+    """A normal of the fixture's texture with twice its grain: an unusual normal (a likely false alarm)."""
+    pixels = texture(seed).astype(np.float32)
+    noise = np.random.default_rng(seed + 1000).normal(0, 12, pixels.shape[:2])[..., None]
+    return np.clip(pixels + noise, 0, 255).astype(np.uint8)
+
+
+def test_a_hard_normal_widens_the_bank_but_does_not_move_the_edge_of_normal(tmp_path):
+    store = ImageStore()
+    ctx = ToolContext(store, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    originals = [store.add_array(texture(i), source=f"ref{i}", prefix="ref") for i in range(3)]
+    hard = store.add_array(_rough(40), source="hard", prefix="ref")
+    ctx.reference_ids = [*originals, hard]
+    query = store.add_array(_rough(41), source="query", prefix="query")
+    tool = PatchKnn()
+    everyone = tool.measure(ctx, query)  # the hard normal is held out too
+    ctx.bank_only_ids = {hard}
+    bank_only = tool.measure(ctx, query)
+    assert len(everyone.bank.normal_scores) == 4  # the hard normal's own leave-one-out score is in the edge
+    assert len(bank_only.bank.normal_scores) == 3  # only the other references calibrate
+    ctx.reference_ids, ctx.bank_only_ids = originals, set()
+    without = tool.measure(ctx, query)
+    assert bank_only.score < without.score  # a query like the hard normal is nearer to the bank
+
+
+def test_references_from_memory_mark_the_inspectors_hard_normals_bank_only(tmp_path):
+    from agent.nodes.memory import is_hard_normal
+
+    assert is_hard_normal({"label": "normal", "source": "feedback on run r1"})
+    assert not is_hard_normal({"label": "normal", "source": "import of /data"})
+    assert not is_hard_normal({"label": "anomalous", "source": "feedback on run r1"})
