@@ -717,7 +717,8 @@ class PatchKnn(Tool):
             feats = [self._features(ctx, img.pixels, img.digest,
                                     working_size(img.height, img.width, self.config, bank.ref_long_side), "known")
                      for img, _ in examples]
-            found = defect_bank.build(bank, feats, [name for _, name in examples])
+            found = defect_bank.build(bank, feats, [name for _, name in examples], self.config.topk,
+                                      self.config.border)
             ctx.cache[key] = found
         return found
 

@@ -12,10 +12,10 @@ from tools.images import ImageStore
 from tools.patch_knn import PatchKnn
 
 
-def _faint_defect(pixels: np.ndarray) -> np.ndarray:
-    """The fixture's blob, at a fifth of its contrast: near the edge of normal."""
+def _faint_defect(pixels: np.ndarray, contrast: float = 0.2) -> np.ndarray:
+    """The fixture's blob at a fraction of its contrast (0.2: near the edge of normal; 0.08: below it)."""
     strong = with_defect(pixels).astype(np.float32)
-    return np.clip(pixels + 0.2 * (strong - pixels), 0, 255).astype(np.uint8)
+    return np.clip(pixels + contrast * (strong - pixels), 0, 255).astype(np.uint8)
 
 
 def test_a_known_defect_raises_the_score_of_a_similar_patch_and_is_named(tmp_path):
@@ -114,3 +114,20 @@ def test_references_from_memory_mark_the_inspectors_hard_normals_bank_only(tmp_p
     assert is_hard_normal({"label": "normal", "source": "feedback on run r1"})
     assert not is_hard_normal({"label": "normal", "source": "import of /data"})
     assert not is_hard_normal({"label": "anomalous", "source": "feedback on run r1"})
+
+
+def test_a_missed_defect_below_the_edge_still_teaches_its_strongest_patches(tmp_path):
+    store = ImageStore()
+    ctx = ToolContext(store, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    ctx.reference_ids = [store.add_array(texture(i), source=f"ref{i}", prefix="ref") for i in range(3)]
+    tool = PatchKnn()
+    missed = store.add_array(_faint_defect(texture(60), 0.08), source="missed", prefix="known")
+    query = store.add_array(_faint_defect(texture(50), 0.08), source="query", prefix="query")
+    bank = tool.reference_bank(ctx)
+    assert tool.measure(ctx, missed).raw_score < bank.edge  # the labelled example itself reads as normal
+    plain = tool.measure(ctx, query)
+    ctx.known_defects = [(missed, "'faint blob' (memory example 0a1b2c3d)")]
+    assert tool.defect_bank(ctx, bank).kept[0] >= 1
+    boosted = tool.measure(ctx, query)
+    assert boosted.raw_score > plain.raw_score
+    assert boosted.known is not None and boosted.known.example == "'faint blob' (memory example 0a1b2c3d)"
