@@ -3,12 +3,16 @@
 Every labelled verdict (feedback "right" or "wrong" on a run: the image's fused score and its true label)
 is recorded per category. The threshold is refit after each one, in log-odds u = logit(t), minimising
 
-    sum_normal softplus((u_i - u) / TAU) + sum_anomalous softplus((u - u_j) / TAU) + PRIOR * (u - u_0)^2
+    W * sum_normal softplus((u_i - u) / TAU) + sum_anomalous softplus((u - u_j) / TAU) + PRIOR * (u - u_0)^2
 
 over a fine grid, where u_0 = logit(0.5) is the calibrated edge of normal (the tools' 0.5 means "at the
 edge of what the normal references show"): with few labels the prior holds the threshold near the edge,
 and it moves as labels accumulate. One label moves the threshold by at most `MAX_STEP` nats, so a single
-click never swings the line. The history of every move is kept; removing a label (undo) refits by
+click never swings the line. W = `NORMAL_WEIGHT` = 3: a false alarm costs three misses here, because
+feedback comes mostly from misses (each one pulls the line down) and with W = 1 the line sank until a
+quarter of the normals were flagged (realsets dev feedback stream, 2026-12-04: magnetic_tile FPR 0.24).
+W = 3 was the only weight of {1, 2, 3} that kept every dev category's FPR at or below 0.15 (magnetic_tile
+0.14), at an error cost of +0.015 there and on elpv. The history of every move is kept; removing a label (undo) refits by
 replaying the remaining labels in order, so its effect is reverted exactly.
 
 Stored as one JSON file beside the memory store (`operating_points_path`), written atomically.
@@ -29,6 +33,7 @@ DEFAULT_THRESHOLD = 0.5
 TAU = 0.5  # nats: how soft the error count is around each labelled score
 PRIOR = 0.5  # pull toward the calibrated edge, per nat^2 (about two labels' worth near the edge)
 MAX_STEP = 0.5  # nats one label may move the threshold
+NORMAL_WEIGHT = 3.0  # a normal above the line costs this many anomalies below it (see the module docstring)
 U_RANGE = 6.0  # thresholds searched within logit +- this
 _lock = threading.Lock()
 
@@ -50,12 +55,12 @@ def _softplus(x: float) -> float:
 class ThresholdPolicy:
     """How labels move a threshold (the module docstring's cost): `prior` per nat^2 toward the edge, `tau` nats of
     softness, `max_step` nats per label, and `normal_weight`, the cost of a normal above the line relative to an
-    anomaly below it (1: both errors count alike). `evals.threshold_replay` compares policies."""
+    anomaly below it (1: both errors count alike; shipped: `NORMAL_WEIGHT`). `evals.threshold_replay` compares policies."""
 
     prior: float = PRIOR
     tau: float = TAU
     max_step: float = MAX_STEP
-    normal_weight: float = 1.0
+    normal_weight: float = NORMAL_WEIGHT
 
 
 SHIPPED_POLICY = ThresholdPolicy()

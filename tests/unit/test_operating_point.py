@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from memory.operating_point import MAX_STEP, OperatingPoints, describe_move, fit_threshold
+from memory.operating_point import (
+    MAX_STEP,
+    OperatingPoints,
+    ThresholdPolicy,
+    describe_move,
+    fit_threshold,
+)
 
 
 def _logit(p: float) -> float:
@@ -47,5 +53,11 @@ def test_removing_a_label_reverts_its_effect_exactly(tmp_path):
 
 
 def test_the_prior_holds_few_labels_near_the_edge():
-    assert abs(fit_threshold([("normal", 0.55)]) - 0.5) < 0.2
+    assert abs(fit_threshold([("anomalous", 0.45)]) - 0.5) < 0.2
+    assert abs(fit_threshold([("normal", 0.55)], policy=ThresholdPolicy(normal_weight=1.0)) - 0.5) < 0.2
     assert fit_threshold([("normal", 0.55)] * 20) > 0.55
+
+
+def test_a_false_alarm_weighs_more_than_a_miss():
+    miss, alarm = fit_threshold([("anomalous", 0.3)]), fit_threshold([("normal", 0.7)])
+    assert 0.5 - miss < alarm - 0.5  # the same distance from the edge, three times the pull

@@ -28,7 +28,7 @@ def test_a_failed_item_stays_wrong_and_moves_nothing():
 
 def test_a_heavier_false_alarm_cost_keeps_the_line_higher():
     rows = [_row("normal", 0.6), _row("anomalous", 0.2), _row("normal", 0.55), _row("anomalous", 0.25)] * 3
-    light = replay_stream(rows, SHIPPED_POLICY)[-1]["threshold"]
+    light = replay_stream(rows, ThresholdPolicy(normal_weight=1.0))[-1]["threshold"]
     heavy = replay_stream(rows, ThresholdPolicy(normal_weight=5.0))[-1]["threshold"]
     assert heavy > light
 
@@ -39,5 +39,5 @@ def test_the_table_puts_the_shipped_policy_first_and_scores_every_category():
     rows = table({"runs": runs + [{**runs[0], "feedback": True}]})
     assert len(rows) == len(policies()) and policies()[0] == SHIPPED_POLICY
     first = rows[0]
-    assert (first["prior"], first["max_step"], first["normal_weight"]) == (0.5, 0.5, 1.0)
+    assert (first["prior"], first["max_step"], first["normal_weight"]) == (0.5, 0.5, 3.0)
     assert set(first) >= {"a", "b", "error ratio (mean)", "max FPR", "recall kept"}
