@@ -8,12 +8,13 @@ is recorded per category. The threshold is refit after each one, in log-odds u =
 over a fine grid, where u_0 = logit(0.5) is the calibrated edge of normal (the tools' 0.5 means "at the
 edge of what the normal references show"): with few labels the prior holds the threshold near the edge,
 and it moves as labels accumulate. One label moves the threshold by at most `MAX_STEP` nats, so a single
-click never swings the line. W = `NORMAL_WEIGHT` = 3: a false alarm costs three misses here, because
-feedback comes mostly from misses (each one pulls the line down) and with W = 1 the line sank until a
-quarter of the normals were flagged (realsets dev feedback stream, 2026-12-04: magnetic_tile FPR 0.24).
-W = 3 was the only weight of {1, 2, 3} that kept every dev category's FPR at or below 0.15 (magnetic_tile
-0.14), at an error cost of +0.015 there and on elpv. The history of every move is kept; removing a label (undo) refits by
+click never swings the line. The history of every move is kept; removing a label (undo) refits by
 replaying the remaining labels in order, so its effect is reverted exactly.
+
+W = `NORMAL_WEIGHT` = 3: a false alarm costs three misses. Feedback comes mostly from misses (each pulls the
+line down); with W = 1 the line sank until a quarter of a category's normals were flagged (realsets dev
+feedback stream, 2026-12-04: magnetic_tile FPR 0.24). W = 3 was the only weight of {1, 2, 3} that kept every
+dev category's FPR at or below 0.15 (magnetic_tile 0.14), at an error cost of +0.015 there and on elpv.
 
 Stored as one JSON file beside the memory store (`operating_points_path`), written atomically.
 """
@@ -53,9 +54,12 @@ def _softplus(x: float) -> float:
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """How labels move a threshold (the module docstring's cost): `prior` per nat^2 toward the edge, `tau` nats of
-    softness, `max_step` nats per label, and `normal_weight`, the cost of a normal above the line relative to an
-    anomaly below it (1: both errors count alike; shipped: `NORMAL_WEIGHT`). `evals.threshold_replay` compares policies."""
+    """How labels move a threshold (the module docstring's cost).
+
+    `prior` per nat^2 toward the edge, `tau` nats of softness, `max_step` nats per label, and `normal_weight`,
+    the cost of a normal above the line relative to an anomaly below it (1: both errors count alike). The
+    shipped values are the module's constants; `evals.threshold_replay` compares policies.
+    """
 
     prior: float = PRIOR
     tau: float = TAU

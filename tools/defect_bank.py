@@ -31,7 +31,7 @@ class DefectBank:
     """Per view, a faiss index over known-defect patch vectors and, per row, which example it came from.
 
     Attributes:
-        indexes: per view, a flat L2 index (None when no example had a patch beyond the edge).
+        indexes: per view, a flat L2 index (None without examples).
         owners: per view, (n,) int: the example each indexed row belongs to.
         names: the examples' names, as the explanation cites them.
         kept: patches kept per example (its top cells, and every cell beyond the edge of normal, up to MAX_PATCHES).

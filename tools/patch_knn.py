@@ -603,8 +603,10 @@ class PatchKnn(Tool):
         stride = min(self.backbone.taps[name][0] for name in (cfg.layers or self.backbone.layers))
         indexes = [_flat_index(np.concatenate(per_ref[v])) for v in range(len(views))]
         view_grids: list[list[np.ndarray]] = []  # [normal image] -> per view its distance grid
-        if len(refs) >= 2:
-            pool = [i for i in range(len(refs)) if calibrate is None or calibrate[i]] or list(range(len(refs)))
+        # the references that calibrate (all when none is marked): two or more are held out one at a time; a
+        # single one is judged by its augmented copies against the whole bank (as with k = 1)
+        pool = [i for i in range(len(refs)) if calibrate is None or calibrate[i]] or list(range(len(refs)))
+        if len(pool) >= 2:
             held_out = [pool[j] for j in np.unique(np.linspace(0, len(pool) - 1, min(len(pool), cfg.max_loo))
                                                    .round().astype(int))]
             for i in held_out:
@@ -614,9 +616,10 @@ class PatchKnn(Tool):
                     for v in range(len(views))])
             how = "leave-one-out"
         else:
-            for n, variant in enumerate(normal_variants(refs[0].pixels, stride)):
+            only = refs[pool[0]]
+            for n, variant in enumerate(normal_variants(only.pixels, stride)):
                 size = working_size(variant.shape[0], variant.shape[1], cfg, long_side)
-                feats = self._features(ctx, variant, refs[0].digest, size, f"var:{n}")
+                feats = self._features(ctx, variant, only.digest, size, f"var:{n}")
                 view_grids.append([nn_distance(indexes[v], _strip(feats[v], views[v], drop_pos))
                                    for v in range(len(views))])
             how = "augmented copies"

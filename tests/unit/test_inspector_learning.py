@@ -106,6 +106,8 @@ def test_a_hard_normal_widens_the_bank_but_does_not_move_the_edge_of_normal(tmp_
     ctx.reference_ids, ctx.bank_only_ids = originals, set()
     without = tool.measure(ctx, query)
     assert bank_only.score < without.score  # a query like the hard normal is nearer to the bank
+    ctx.reference_ids, ctx.bank_only_ids = [originals[0], hard], {hard}  # one reference left to calibrate on
+    assert tool.reference_bank(ctx).calibration == "augmented copies"
 
 
 def test_references_from_memory_mark_the_inspectors_hard_normals_bank_only(tmp_path):
