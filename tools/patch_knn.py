@@ -606,6 +606,9 @@ class PatchKnn(Tool):
         # the references that calibrate (all when none is marked): two or more are held out one at a time; a
         # single one is judged by its augmented copies against the whole bank (as with k = 1)
         pool = [i for i in range(len(refs)) if calibrate is None or calibrate[i]] or list(range(len(refs)))
+        if len(pool) < len(refs):
+            choices.append(f"{len(refs) - len(pool)} reference(s) the inspector marked as false alarms widen the "
+                           f"bank but do not set the edge of normal (calibrated on the other {len(pool)})")
         if len(pool) >= 2:
             held_out = [pool[j] for j in np.unique(np.linspace(0, len(pool) - 1, min(len(pool), cfg.max_loo))
                                                    .round().astype(int))]

@@ -133,3 +133,28 @@ def test_a_missed_defect_below_the_edge_still_teaches_its_strongest_patches(tmp_
     boosted = tool.measure(ctx, query)
     assert boosted.raw_score > plain.raw_score
     assert boosted.known is not None and boosted.known.example == "'faint blob' (memory example 0a1b2c3d)"
+
+
+def test_with_references_from_memory_a_false_alarm_marked_normal_widens_the_bank_only(tmp_path):
+    from agent import AnomalyAgent
+    from agent.feedback import record_feedback
+    from memory.importer import TreeItem, import_items
+    from memory.store import open_store
+
+    write_set(tmp_path, n_refs=3)
+    rough = tmp_path / "rough.png"
+    Image.fromarray(_rough(41)).save(rough)
+    agent = AnomalyAgent.from_config(backend="none", device="cpu", bank_cache=False, memory_path=tmp_path / "mem")
+    rt = agent.runtime
+    store = open_store(rt.config)
+    rt._memory, rt._memory_checked = store, True
+    import_items(store, rt.embedder(), [TreeItem(p, "tile", "normal", None, None)
+                                        for p in sorted((tmp_path / "refs").glob("*.png"))])
+    first = agent.detect(rough, category="tile", references="memory")
+    assert first.status == "ok", first.error
+    record_feedback(rt, store, rough, "tile", "normal", first.pred_score, run_id="r1")
+    again = agent.detect(tmp_path / "good.png", category="tile", references="memory")
+    pk = next(e for e in again.evidence if e.tool == "patch_knn")
+    assert "1 reference(s) the inspector marked as false alarms widen the bank" in pk.summary
+    assert "calibrated on the other 3" in pk.summary
+    store.close()
