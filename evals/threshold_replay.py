@@ -1,15 +1,16 @@
 """Replay a feedback stream's scores under other threshold policies: what the threshold refit alone can do.
 
-    python -m evals.feedback_stream ../shared/data/realsets --fold dev --out runs/fs-dev   # once (slow)
-    python -m evals.threshold_replay runs/fs-dev/feedback_stream.json                # seconds
+    python -m evals.feedback_stream ../shared/data/realsets --fold dev --out runs/fs-dev   # minutes
+    python -m evals.threshold_replay runs/fs-dev/feedback_stream.json                      # seconds
 
 The stream's *without feedback* arm holds every image's score against the category's first normals, in each
 seed's order. Here each of those streams is replayed with feedback that only refits the threshold
-(`memory.operating_point.next_threshold`, as `replay` steps, under a `ThresholdPolicy`): the scores stay fixed, so hard normals joining
-the references and known defects raising scores (what the real *with feedback* arm adds) are left out.
-Measured 2026-12-04 on realsets: on test it reproduced the real arm's kolektorsdd row (error 0.217 in both),
-where the threshold is the whole effect; on dev the real arm does far better than the threshold alone (macro
-error ratio 0.53x against 0.74x), so a policy chosen here must be checked with the real stream.
+(`memory.operating_point.next_threshold`, stepped as `replay` steps, under a `ThresholdPolicy`). The scores
+stay fixed, so what the real *with feedback* arm adds is left out: hard normals widening the bank and known
+defects raising scores. Measured 2026-12-04 on realsets: on test it reproduced the real arm's kolektorsdd
+row (error 0.217 in both), where the threshold is the whole effect; on dev the real arm does far better than
+the threshold alone (macro error ratio 0.46x against 0.74x), so a policy chosen here must be checked with
+the real stream.
 
 Policies: the shipped one first, then a declared grid of prior, tau, max_step and normal_weight. Per policy:
 second-half error, recall and FPR per category (macro over seeds), the mean ratio of error with / without
