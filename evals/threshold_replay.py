@@ -8,9 +8,9 @@ seed's order. Here each of those streams is replayed with feedback that only ref
 (`memory.operating_point.next_threshold`, stepped as `replay` steps, under a `ThresholdPolicy`). The scores
 stay fixed, so what the real *with feedback* arm adds is left out: hard normals widening the bank and known
 defects raising scores. Measured 2026-12-04 on realsets: on test it reproduced the real arm's kolektorsdd
-row (error 0.217 in both), where the threshold is the whole effect; on dev the real arm does far better than
-the threshold alone (macro error ratio 0.46x against 0.74x), so a policy chosen here must be checked with
-the real stream.
+row (error 0.217 in both), where the threshold is the whole effect; on dev the real arm does far better
+than the threshold alone (macro error ratio 0.49x against 0.85x, shipped policy), so a policy chosen here
+must be checked with the real stream.
 
 Policies: the shipped one first, then a declared grid of prior, tau, max_step and normal_weight. Per policy:
 second-half error, recall and FPR per category (macro over seeds), the mean ratio of error with / without
