@@ -67,10 +67,10 @@ class Boost:
 def top_cells(shape: tuple[int, int], scores: np.ndarray, fraction: float, border: int) -> np.ndarray:
     """Flat indices of the highest `fraction` (at least one) of a gh x gw grid's flattened `scores`, the
     `border` ring left out as `tools.patch_knn.image_score` leaves it out."""
-    inner = np.ones(shape, bool)
-    if border > 0 and min(shape) > 4 * border:
-        inner[:border] = inner[-border:] = False
-        inner[:, :border] = inner[:, -border:] = False
+    from tools.patch_knn import inner_cells
+
+    inner = np.zeros(shape, bool)
+    inner[inner_cells(shape, border)] = True
     candidates = np.flatnonzero(inner.ravel())
     n = max(1, int(round(fraction * candidates.size)))
     return candidates[np.argsort(-scores[candidates])[:n]]

@@ -290,15 +290,21 @@ def _coordinates(fmap: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_cell_positions((h, w)).T.reshape(2, h, w).copy())[None]
 
 
+def inner_cells(shape: tuple[int, int], border: int) -> tuple[slice, slice]:
+    """The (rows, cols) slices of a gh x gw grid without its `border` ring of cells; the whole grid when
+    border is 0 or the grid is at most 4 * border cells on a side."""
+    if border > 0 and min(shape) > 4 * border:
+        return slice(border, -border), slice(border, -border)
+    return slice(None), slice(None)
+
+
 def image_score(patch_map: np.ndarray, topk: float, border: int = 0) -> float:
     """Mean of the top `topk` fraction of patch scores (the max when topk <= 0).
 
     `border` cells along each edge are left out (when the grid is large enough).
     """
     grid = np.asarray(patch_map, dtype=np.float32)
-    if border > 0 and min(grid.shape) > 4 * border:
-        grid = grid[border:-border, border:-border]
-    flat = grid.ravel()
+    flat = grid[inner_cells(grid.shape, border)].ravel()
     if topk <= 0:
         return float(flat.max())
     n = max(1, int(round(topk * flat.size)))
@@ -572,8 +578,8 @@ class PatchKnn(Tool):
         return bank
 
     def _build_bank(self, ctx: ToolContext, refs, calibrate: list[bool] | None = None) -> ReferenceBank:
-        """The bank of `refs`; `calibrate[i]` False: reference i widens the bank but is never held out for the
-        leave-one-out edge of normal (a hard normal; all are held out when fewer than one would be)."""
+        """The bank of `refs`; `calibrate[i]` False: reference i widens the bank but does not calibrate the edge
+        of normal (a hard normal). With no reference left to calibrate, all do; with one, its augmented copies."""
         cfg = self.config
         assert self.backbone is not None
         long_side = float(np.median([max(r.height, r.width) for r in refs]))
