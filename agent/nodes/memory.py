@@ -72,18 +72,6 @@ def thumbnail(pixels) -> tuple[float, object]:
     return pixels.shape[1] / max(1, pixels.shape[0]), small
 
 
-@lru_cache(maxsize=4096)
-def example_thumbnail(example_id: str, image_path: str, max_pixels: int) -> tuple[float, object] | None:
-    """`thumbnail` of a memory example's image, or None when it cannot be read. Cached by example id (the
-    hash of the file's bytes)."""
-    from tools.images import load_image
-
-    try:
-        return thumbnail(load_image(image_path, max_pixels))
-    except Exception:  # noqa: BLE001 - an unreadable example is judged by its id alone
-        return None
-
-
 def same_image(a: tuple[float, object] | None, b: tuple[float, object] | None) -> bool:
     """Are two thumbnails one image (the same pixels, re-encoded or rescaled)?"""
     import numpy as np
@@ -95,15 +83,18 @@ def same_image(a: tuple[float, object] | None, b: tuple[float, object] | None) -
 
 
 @lru_cache(maxsize=4096)
-def example_pixel_digest(example_id: str, image_path: str, max_pixels: int) -> str | None:
-    """sha256 of a memory example's decoded RGB pixels (the query's `StoredImage.digest` form), or None
-    when its image cannot be read. Cached by example id: the id is the hash of the file's bytes."""
+def example_image_keys(example_id: str, image_path: str, max_pixels: int,
+                       with_thumbnail: bool) -> tuple[str, tuple[float, object] | None] | None:
+    """(sha256 of a memory example's decoded RGB pixels, in the query's `StoredImage.digest` form; its
+    `thumbnail` when asked for, else None) from one decode, or None when its image cannot be read. Cached by
+    example id: the id is the hash of the file's bytes."""
     from tools.images import load_image
 
     try:
-        return hashlib.sha256(load_image(image_path, max_pixels).tobytes()).hexdigest()
+        pixels = load_image(image_path, max_pixels)
     except Exception:  # noqa: BLE001 - an unreadable example is judged by its id alone
         return None
+    return hashlib.sha256(pixels.tobytes()).hexdigest(), thumbnail(pixels) if with_thumbnail else None
 
 
 def not_the_query(hits: list, query, max_pixels: int, k: int, leave_out: str = "same-pixels") -> list:
@@ -118,10 +109,12 @@ def not_the_query(hits: list, query, max_pixels: int, k: int, leave_out: str = "
     """
     near = leave_out == "near-copies"
     thumb = thumbnail(query.pixels) if near else None
-    kept = [(ex, sim) for ex, sim in hits
-            if example_pixel_digest(ex.id, ex.image_path, max_pixels) != query.digest
-            and not (near and same_image(example_thumbnail(ex.id, ex.image_path, max_pixels), thumb))]
-    return kept[:k]
+
+    def is_query(ex) -> bool:
+        keys = example_image_keys(ex.id, ex.image_path, max_pixels, near)
+        return keys is not None and (keys[0] == query.digest or (near and same_image(keys[1], thumb)))
+
+    return [(ex, sim) for ex, sim in hits if not is_query(ex)][:k]
 
 
 def retrieve_memory(state: State, *, rt: AgentRuntime) -> dict:
