@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.server.answer_stream import AnswerStream
 from agent.server.errors import ApiError, internal_error
-from agent.server.openai_turn import file_history, plan, verdict_heading, worker
+from agent.server.openai_turn import file_history, ok_verdict, plan, verdict_heading, worker
 from agent.server.sse import SSE_HEADERS, chunks
 from agent.server.state import ServerState, server_state
 
@@ -140,11 +140,8 @@ def step_line(event: dict) -> str | None:
 
 def _verdict_line(v) -> str | None:
     """The reasoning line of a turn's verdict (a `Verdict` or its JSON dict); None without an ok one."""
-    from agent.schemas import Verdict
-
-    if isinstance(v, dict):
-        v = Verdict.model_validate(v)
-    if v is None or v.status != "ok":
+    v = ok_verdict(v)
+    if v is None:
         return None
     return f"verdict: {v.pred_label} (score {v.pred_score:.2f}, threshold {v.threshold:.2f})"
 

@@ -99,14 +99,20 @@ async def _fork(state: ServerState, source: str, checkpoint: str) -> str:
     return session
 
 
-def verdict_heading(verdict) -> str:
-    """The line an answer that judged an image starts with ("**ANOMALOUS**: score 0.93 (threshold 0.50)" and a
-    blank line); "" for no verdict or an error verdict. `verdict`: a `Verdict` or its JSON dict."""
+def ok_verdict(verdict):
+    """`verdict` (a `Verdict`, its JSON dict, or None) as a `Verdict` when it is an ok one, else None."""
     from agent.schemas import Verdict
 
     if isinstance(verdict, dict):
         verdict = Verdict.model_validate(verdict)
-    if verdict is None or verdict.status != "ok":
+    return verdict if verdict is not None and verdict.status == "ok" else None
+
+
+def verdict_heading(verdict) -> str:
+    """The line an answer that judged an image starts with ("**ANOMALOUS**: score 0.93 (threshold 0.50)" and a
+    blank line); "" for no verdict or an error verdict. `verdict`: a `Verdict` or its JSON dict."""
+    verdict = ok_verdict(verdict)
+    if verdict is None:
         return ""
     return f"**{verdict.pred_label.upper()}**: score {verdict.pred_score:.2f} (threshold {verdict.threshold:.2f})\n\n"
 
