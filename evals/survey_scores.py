@@ -47,8 +47,9 @@ def methods() -> dict:
             "patchcore": dataclasses.replace(PatchKnnConfig(), **PLAIN_PATCHCORE, coreset=1.0)}
 
 
-def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS) -> None:
-    """Write the split's lines to `out` (a text file)."""
+def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, configs: dict | None = None) -> None:
+    """Write the split's lines to `out` (a text file); `configs`: the patch_knn configurations measured (name ->
+    PatchKnnConfig; default `methods()`)."""
     from evals.datasets import select_references
     from tools.base import ToolContext, ToolSettings
     from tools.images import ImageStore
@@ -60,7 +61,7 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS) 
     test_ids = [store.add_file(s.path, prefix="test") for s in split.test]
     masks, has_masks = small_masks(store, split.test, test_ids)
     settings = ToolSettings(device="cpu", threads=threads, out_dir=Path(tempfile.mkdtemp(prefix="survey-maps-")))
-    knn = {name: PatchKnn(cfg) for name, cfg in methods().items()}
+    knn = {name: PatchKnn(cfg) for name, cfg in (configs or methods()).items()}
     others = {name: tool for name, tool in (("reference_diff", ReferenceDiff()), ("parts_check", PartsCheck()))
               if name in tools}
     for k in ks:
