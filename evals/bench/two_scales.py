@@ -7,9 +7,10 @@ categories' dev folds and measured on its test fold (the README's "Pooling" para
 
 The candidate grid, declared before the first run (2026-12-04): patch_knn alone; `pool=1` alone; the sum of
 the two raw scores (each is "relative to the references' own", so they add like for like); the larger of
-the two scores divided by their edges of normal, the unpooled edge scaled by 0.6, 0.8 or 1; the survey's
-one-sided `add` rule (patch_knn's log-odds plus w times the unpooled log-odds beyond its edge, w = 0.25,
-0.5, 1) and its `max` rule (w = 0.5, 1). Scores come from `evals.survey_scores` (same draws and images).
+the two scores divided by their edges of normal, the unpooled edge scaled by 0.6, 0.8 or 1; a one-sided `add`
+like the survey's (patch_knn's log-odds plus w times the unpooled log-odds beyond its edge, on the calibrated
+scores, w = 0.25, 0.5, 1) and a `max` of the two log-odds (w = 0.5, 1). Scores come from
+`evals.survey_scores` (the same draws and images).
 """
 
 from __future__ import annotations
