@@ -51,6 +51,11 @@ class Calibrator:
         spread = max(spread, min_rel_spread * abs(center), MIN_ABS_SPREAD)
         return cls(center=center, spread=spread, n=int(scores.size))
 
+    @property
+    def edge(self) -> float:
+        """The raw score whose calibrated score is 0.5 ("edge of normal")."""
+        return self.center + Z_EDGE * self.spread
+
     def z(self, raw: float) -> float:
         """Raw score in spreads above the normals' median."""
         return (float(raw) - self.center) / self.spread

@@ -480,7 +480,7 @@ class ReferenceBank:
     @property
     def edge(self) -> float:
         """Raw score at which the calibrated score is 0.5 ("edge of normal")."""
-        return self.calibrator.center + Z_EDGE * self.calibrator.spread
+        return self.calibrator.edge
 
 
 @dataclass

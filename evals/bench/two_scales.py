@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 from collections import defaultdict
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,15 @@ def configs() -> dict:
 
 def _edge(row: dict, tool: str) -> float:
     """The tool's edge of normal (raw score at calibrated 0.5) for the row's reference set."""
-    from tools.calibration import Z_EDGE
+    return _edge_of(tuple(row["_set"][f"{tool}:normal"]), row["k"] >= 2)
+
+
+@cache
+def _edge_of(normal: tuple[float, ...], leave_one_out: bool) -> float:
+    """patch_knn's edge for these reference scores (one fit per reference set, not per image and rule)."""
     from tools.patch_knn import PatchKnn
 
-    cal = PatchKnn._calibrate(row["_set"][f"{tool}:normal"], "leave-one-out" if row["k"] >= 2 else "augmented copies")
-    return cal.center + Z_EDGE * cal.spread
+    return PatchKnn._calibrate(list(normal), "leave-one-out" if leave_one_out else "augmented copies").edge
 
 
 def _max_rel(row: dict, g: float) -> float:
