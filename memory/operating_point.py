@@ -16,6 +16,16 @@ line down); with W = 1 the line sank until a quarter of a category's normals wer
 feedback stream, 2026-12-04: magnetic_tile FPR 0.24). W = 3 was the only weight of {1, 2, 3} that kept every
 dev category's FPR at or below 0.15 (magnetic_tile 0.14), at an error cost of +0.015 there and on elpv.
 
+The threshold never goes below `MIN_THRESHOLD` = sigmoid(1 - Z_EDGE) = 0.12: the calibrated score of a raw
+score one spread above the references' median (`tools.calibration`). Below it the line would flag a good
+share of images that look like the references themselves (about one in six if their scores spread normally),
+so it chases misses the tools cannot separate from normal. Only misses push the line down (feedback arrives
+on wrong verdicts; the many right ones below the line are never labelled), so without the floor a category
+whose defects score below its references sank there: kolektorsdd's line fell to 0.03-0.08 and flagged 22%
+of its normals (realsets fold test, stop 26). Chosen on the dev feedback stream's threshold replay
+(`evals.threshold_replay`, 2026-12-04) from floors at 1, 1.5 and 2 spreads: 1 spread lowered kolektorsdd's
+error (0.174 -> 0.159) and FPR (0.10 -> 0.06) and changed no other category.
+
 Stored as one JSON file beside the memory store (`operating_points_path`), written atomically.
 """
 
@@ -30,12 +40,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.calibration import Z_EDGE
+
 DEFAULT_THRESHOLD = 0.5
 TAU = 0.5  # nats: how soft the error count is around each labelled score
 PRIOR = 0.5  # pull toward the calibrated edge, per nat^2 (about two labels' worth near the edge)
 MAX_STEP = 0.5  # nats one label may move the threshold
 NORMAL_WEIGHT = 3.0  # a normal above the line costs this many anomalies below it (see the module docstring)
 U_RANGE = 6.0  # thresholds searched within logit +- this
+MIN_THRESHOLD = 1.0 / (1.0 + math.exp(Z_EDGE - 1.0))  # 0.12: one spread above the references' median
 _lock = threading.Lock()
 
 
@@ -56,15 +69,17 @@ def _softplus(x: float) -> float:
 class ThresholdPolicy:
     """How labels move a threshold (the module docstring's cost).
 
-    `prior` per nat^2 toward the edge, `tau` nats of softness, `max_step` nats per label, and `normal_weight`,
-    the cost of a normal above the line relative to an anomaly below it (1: both errors count alike). The
-    shipped values are the module's constants; `evals.threshold_replay` compares policies.
+    `prior` per nat^2 toward the edge, `tau` nats of softness, `max_step` nats per label, `normal_weight`,
+    the cost of a normal above the line relative to an anomaly below it (1: both errors count alike), and
+    `min_threshold`, the lowest line labels can set (probability; 0: no floor). The shipped values are the
+    module's constants; `evals.threshold_replay` compares policies.
     """
 
     prior: float = PRIOR
     tau: float = TAU
     max_step: float = MAX_STEP
     normal_weight: float = NORMAL_WEIGHT
+    min_threshold: float = MIN_THRESHOLD
 
 
 SHIPPED_POLICY = ThresholdPolicy()
@@ -72,12 +87,14 @@ SHIPPED_POLICY = ThresholdPolicy()
 
 def fit_threshold(labelled: list[tuple[str, float]], u0: float = 0.0,
                   policy: ThresholdPolicy = SHIPPED_POLICY) -> float:
-    """The threshold (probability) minimising the policy's cost over (label, score) pairs."""
+    """The threshold (probability) minimising the policy's cost over (label, score) pairs, never below the
+    policy's `min_threshold` (the cost is convex in u, so this is the unconstrained fit clipped to the floor)."""
     us = [(label, _logit(score)) for label, score in labelled]
-    best_u, best_cost = u0, float("inf")
+    low = max(-U_RANGE, _logit(policy.min_threshold)) if policy.min_threshold > 0 else -U_RANGE
+    best_u, best_cost = max(u0, low), float("inf")
     steps = 481
     for i in range(steps):
-        u = -U_RANGE + 2 * U_RANGE * i / (steps - 1)
+        u = low + (U_RANGE - low) * i / (steps - 1)
         cost = policy.prior * (u - u0) ** 2
         for label, ui in us:
             if label == "normal":

@@ -6,6 +6,7 @@ import math
 
 from memory.operating_point import (
     MAX_STEP,
+    MIN_THRESHOLD,
     OperatingPoints,
     ThresholdPolicy,
     describe_move,
@@ -61,3 +62,17 @@ def test_the_prior_holds_few_labels_near_the_edge():
 def test_a_false_alarm_weighs_more_than_a_miss():
     miss, alarm = fit_threshold([("anomalous", 0.3)]), fit_threshold([("normal", 0.7)])
     assert 0.5 - miss < alarm - 0.5  # the same distance from the edge, three times the pull
+
+
+def test_misses_never_push_the_line_below_the_references_own_range(tmp_path):
+    """Misses that score like the references themselves stop at the floor (one spread above their median)."""
+    assert 0.11 < MIN_THRESHOLD < 0.13
+    ops = OperatingPoints(tmp_path / "op.json")
+    for i in range(30):
+        ops.add("commutator", f"a{i}", "anomalous", 0.02)
+    point = ops.get("commutator")
+    assert abs(point.threshold - MIN_THRESHOLD) < 1e-9
+    assert min(h["to"] for h in point.history) >= round(MIN_THRESHOLD, 4)
+    unfloored = fit_threshold([("anomalous", 0.02)] * 30, policy=ThresholdPolicy(min_threshold=0.0))
+    assert unfloored < 0.05  # the floor, not the prior, holds it
+    assert fit_threshold([("anomalous", 0.3)] * 3) > MIN_THRESHOLD  # above the floor, labels still move it
