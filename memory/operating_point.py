@@ -215,7 +215,9 @@ def operating_points_path(memory_path: str | Path | None, memory_host: str | Non
 
 
 def describe_move(category: str, before: OperatingPoint, after: OperatingPoint) -> str:
-    """"the 'gasket' threshold moved 0.50 -> 0.31" (or stayed)."""
+    """"the 'gasket' threshold moved 0.50 -> 0.31" (or stayed), saying so when it rests on its floor."""
+    floor = (", its floor: lower, it would flag images that score like the references themselves"
+             if after.threshold <= MIN_THRESHOLD + 1e-6 else "")
     if abs(before.threshold - after.threshold) < 0.005:
-        return f"the '{category}' threshold stayed at {after.threshold:.2f}"
-    return f"the '{category}' threshold moved {before.threshold:.2f} -> {after.threshold:.2f}"
+        return f"the '{category}' threshold stayed at {after.threshold:.2f}{floor}"
+    return f"the '{category}' threshold moved {before.threshold:.2f} -> {after.threshold:.2f}{floor}"

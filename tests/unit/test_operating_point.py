@@ -76,3 +76,7 @@ def test_misses_never_push_the_line_below_the_references_own_range(tmp_path):
     unfloored = fit_threshold([("anomalous", 0.02)] * 30, policy=ThresholdPolicy(min_threshold=0.0))
     assert unfloored < 0.05  # the floor, not the prior, holds it
     assert fit_threshold([("anomalous", 0.3)] * 3) > MIN_THRESHOLD  # above the floor, labels still move it
+    before, after = ops.add("commutator", "a-last", "anomalous", 0.02)
+    assert describe_move("commutator", before, after) == (
+        "the 'commutator' threshold stayed at 0.12, its floor: lower, it would flag images that score like the "
+        "references themselves")
