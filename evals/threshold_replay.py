@@ -12,7 +12,9 @@ row (error 0.217 in both), where the threshold is the whole effect; on dev the r
 than the threshold alone (macro error ratio 0.49x against 0.85x, shipped policy), so a policy chosen here
 must be checked with the real stream.
 
-Policies: the shipped one first, then a declared grid of prior, tau, max_step and normal_weight. Per policy:
+Policies: the shipped one first, then the shipped one with each of `FLOORS` as its lowest threshold (no floor;
+one, 1.5 and 2 spreads above the references' median: the grid that chose the shipped floor), then a declared
+grid of prior, tau, max_step and normal_weight (at the shipped floor). Per policy:
 second-half error, recall and FPR per category (macro over seeds), the mean ratio of error with / without
 feedback, and the largest FPR. A failed item (no score) stays wrong and gets no feedback, as in the stream.
 """
@@ -20,8 +22,10 @@ feedback, and the largest FPR. A failed item (no score) stays wrong and gets no 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,8 +35,10 @@ from memory.operating_point import (
     ThresholdPolicy,
     next_threshold,
 )
+from tools.calibration import Z_EDGE
 
 GRID = dict(prior=(0.5, 1.0, 2.0), tau=(0.5, 1.0), max_step=(0.25, 0.5), normal_weight=(1.0, 1.5, 2.0, 3.0, 5.0))
+FLOORS = (0.0, *(1.0 / (1.0 + math.exp(Z_EDGE - z)) for z in (1.0, 1.5, 2.0)))  # 0, 0.12, 0.18, 0.27
 
 
 def replay_stream(rows: list[dict], policy: ThresholdPolicy) -> list[dict]:
@@ -78,9 +84,14 @@ def without_feedback_streams(result: dict) -> dict[str, list[list[dict]]]:
 
 
 def policies() -> list[ThresholdPolicy]:
-    """The shipped policy, then the declared grid (without repeating it)."""
+    """The shipped policy, its floor variants, then the declared grid (none repeated)."""
+    floors = [dataclasses.replace(SHIPPED_POLICY, min_threshold=f) for f in FLOORS]
     grid = [ThresholdPolicy(*values) for values in itertools.product(*GRID.values())]
-    return [SHIPPED_POLICY] + [p for p in grid if p != SHIPPED_POLICY]
+    out = [SHIPPED_POLICY]
+    for p in floors + grid:
+        if p not in out:
+            out.append(p)
+    return out
 
 
 def table(result: dict) -> list[dict]:
@@ -92,7 +103,7 @@ def table(result: dict) -> list[dict]:
         got = score_policy(streams, policy)
         ratios = [got[c][0] / base[c][0] if base[c][0] > 0 else float("nan") for c in streams]
         row = {"prior": policy.prior, "tau": policy.tau, "max_step": policy.max_step,
-               "normal_weight": policy.normal_weight,
+               "normal_weight": policy.normal_weight, "floor": round(policy.min_threshold, 3),
                "error ratio (mean)": sum(ratios) / len(ratios), "max FPR": max(got[c][2] for c in streams),
                "recall kept": all(got[c][1] >= base[c][1] - 1e-9 for c in streams)}
         for c in streams:

@@ -40,4 +40,5 @@ def test_the_table_puts_the_shipped_policy_first_and_scores_every_category():
     assert len(rows) == len(policies()) and policies()[0] == SHIPPED_POLICY
     first = rows[0]
     assert (first["prior"], first["max_step"], first["normal_weight"]) == (0.5, 0.5, 3.0)
+    assert {row["floor"] for row in rows} == {0.0, 0.119, 0.182, 0.269}
     assert set(first) >= {"a", "b", "error ratio (mean)", "max FPR", "recall kept"}
