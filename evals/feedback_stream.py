@@ -14,6 +14,9 @@ as wrong and gets no feedback.
 Reported per category (macro-averaged over seeds) and pooled: error rate, recall and false-positive rate
 of the first and the second half of the stream, with and without feedback, with 95% Wilson intervals on
 the counts pooled over seeds; and the error curve (running error over the stream) for the HTML report.
+Each row of `feedback_stream.json` also holds the image's defect type and, when a labelled anomaly raised its
+score, `known_defect` (the example, the boost ratio, the raw score before and after): what feedback did to
+each image can be read back without re-running.
 """
 
 from __future__ import annotations
@@ -68,9 +71,11 @@ def run_stream(category, order, feedback: bool, threads: int, shots: int = 4) ->
                 result = record_feedback(rt, store, sample.path, category.name, truth, verdict.pred_score,
                                          run_id=f"stream-{len(rows)}", defect_type=sample.defect_type)
                 given = result.message
-            rows.append({"image": Path(sample.path).name, "truth": truth, "pred": verdict.pred_label,
-                         "score": verdict.pred_score, "threshold": verdict.threshold, "status": verdict.status,
-                         "wrong": wrong, "feedback": given})
+            known = next((ev.known_defect for ev in verdict.evidence if ev.known_defect is not None), None)
+            rows.append({"image": Path(sample.path).name, "truth": truth, "defect": sample.defect_type,
+                         "pred": verdict.pred_label, "score": verdict.pred_score, "threshold": verdict.threshold,
+                         "status": verdict.status, "wrong": wrong, "feedback": given,
+                         "known_defect": known.model_dump() if known is not None else None})
         store.close()
     return rows
 

@@ -64,6 +64,7 @@ from tools.calibration import ratio_to_normal as _ratio
 from tools.defect_bank import Boost
 from tools.maps import resize_map, top_regions, write_map_png
 from tools.registry import register
+from tools.types import KnownDefect
 
 AUGMENTS = ("none", "flips", "d4")
 EDGE_LOO = 1.15  # k >= 2: the edge of normal is at most this times the references' median score
@@ -496,6 +497,13 @@ class PatchKnnResult:
     known: Boost | None = None  # what the known defects did (None: no labelled anomaly to compare with)
     plain_raw: float | None = None  # the raw score before the known defects' boost
 
+    def known_defect(self) -> KnownDefect | None:
+        """The labelled anomaly that raised the score and by how much (None: none did)."""
+        if self.known is None or self.known.example is None or self.plain_raw is None:
+            return None
+        return KnownDefect(example=self.known.example, ratio=round(self.known.ratio, 4),
+                           raw_before=round(self.plain_raw, 4), raw_after=round(self.raw_score, 4))
+
 
 class PatchKnnOutput(ToolOutput):
     """patch_knn's result; `regions` are in original image pixels, `map_path` is an HxW PNG."""
@@ -507,6 +515,7 @@ class PatchKnnOutput(ToolOutput):
     normal_range: tuple[float, float] = Field(description="min/max raw score of the references")
     edge_of_normal: float = Field(description="raw score whose calibrated score is 0.5")
     choices: list[str] = Field(default_factory=list, description="what was chosen for these references, and why")
+    known_defect: KnownDefect | None = Field(None, description="the labelled anomaly that raised the score, if any")
 
 
 class PatchKnnInput(ToolInput):
@@ -788,6 +797,7 @@ class PatchKnn(Tool):
             normal_range=(round(lo, 4), round(hi, 4)),
             edge_of_normal=round(bank.edge, 4),
             choices=list(bank.choices),
+            known_defect=res.known_defect(),
         ).with_map(amap)
 
     def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
@@ -825,8 +835,8 @@ class PatchKnn(Tool):
                     f" No area exceeds the normal edge; the strongest response is at the {where}, "
                     f"box {list(top.bbox_xyxy)} (peak {top.score:.3f})."
                 )
-        known = res.known
-        if known is not None and known.example is not None and res.plain_raw is not None:
+        known = res.known_defect()
+        if known is not None:
             text += (
                 f" Its strongest patch resembles the known defect {known.example}: {known.ratio:.1f}x nearer to "
                 f"that defect's patches than to any normal patch, which raised the raw score from "

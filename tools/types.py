@@ -33,6 +33,23 @@ class Region(BaseModel):
         return box
 
 
+class KnownDefect(BaseModel):
+    """What a labelled anomalous example did to a score (patch_knn's known-defect boost).
+
+    Attributes:
+        example: the example as the explanation cites it ("'crack' (memory example 3f2a9c1b)").
+        ratio: d_normal / d_defect at the image's strongest boosted patch (> 1: nearer to that defect's
+            patches than to any normal patch).
+        raw_before: the tool's raw score without the known defects.
+        raw_after: its raw score with them (the one reported).
+    """
+
+    example: str
+    ratio: float
+    raw_before: float
+    raw_after: float
+
+
 class Evidence(BaseModel):
     """One tool call's measured result, as the agent records it.
 
@@ -49,6 +66,7 @@ class Evidence(BaseModel):
         normal_ratio: raw score / the references' typical own score (1 = as different as the normal
             references are from each other), None where the tool has no such scale.
         log_odds: the calibrated score's unbounded log-odds (keeps the order beyond a score of 1.0), or None.
+        known_defect: when a labelled anomalous example raised the score, which one and by how much.
         elapsed_ms: wall time of the call.
         error: set when the call failed; then score is None.
     """
@@ -63,6 +81,7 @@ class Evidence(BaseModel):
     summary: str = ""
     map_path: str | None = None
     image_ids: list[str] = Field(default_factory=list)
+    known_defect: KnownDefect | None = None
     elapsed_ms: float = 0.0
     error: str | None = None
 

@@ -35,6 +35,11 @@ def test_a_known_defect_raises_the_score_of_a_similar_patch_and_is_named(tmp_pat
     assert boosted_good.raw_score <= plain_good.raw_score * 1.1
     out = tool.run({"image_id": query}, ctx)
     assert "resembles the known defect 'blob'" in out.summary
+    assert out.known_defect is not None and out.known_defect.example == "'blob' (memory example abc12345)"
+    assert out.known_defect.ratio > 1 and out.known_defect.raw_after == round(out.raw_score, 4)
+    assert out.known_defect.raw_before == round(plain.raw_score, 4)
+    good_out = tool.run({"image_id": good}, ctx)
+    assert (good_out.known_defect is None) == (boosted_good.known is None or boosted_good.known.example is None)
 
 
 def test_the_known_defect_itself_is_not_boosted_by_its_own_copy(tmp_path):
@@ -72,6 +77,9 @@ def test_feedback_through_the_agent_learns_and_undo_reverts(tmp_path):
     assert again.pred_score > first.pred_score
     pk = next(e for e in again.evidence if e.tool == "patch_knn")
     assert "known defect 'blob'" in pk.summary
+    assert pk.known_defect is not None and "'blob'" in pk.known_defect.example  # structured, in the verdict JSON
+    assert pk.known_defect.raw_after > pk.known_defect.raw_before
+    assert next(e for e in first.evidence if e.tool == "patch_knn").known_defect is None
     # a configured threshold wins over the refit one
     fixed = AnomalyAgent.from_config(backend="none", device="cpu", bank_cache=False, memory_path=tmp_path / "mem",
                                      threshold=0.5)
