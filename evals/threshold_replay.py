@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,11 +33,11 @@ from memory.operating_point import (
     SHIPPED_POLICY,
     ThresholdPolicy,
     next_threshold,
+    score_at_spreads,
 )
-from tools.calibration import Z_EDGE
 
 GRID = dict(prior=(0.5, 1.0, 2.0), tau=(0.5, 1.0), max_step=(0.25, 0.5), normal_weight=(1.0, 1.5, 2.0, 3.0, 5.0))
-FLOORS = (0.0, *(1.0 / (1.0 + math.exp(Z_EDGE - z)) for z in (1.0, 1.5, 2.0)))  # 0, 0.12, 0.18, 0.27
+FLOORS = (0.0, *(score_at_spreads(z) for z in (1.0, 1.5, 2.0)))  # 0, 0.12, 0.18, 0.27
 
 
 def replay_stream(rows: list[dict], policy: ThresholdPolicy) -> list[dict]:

@@ -48,7 +48,6 @@ PRIOR = 0.5  # pull toward the calibrated edge, per nat^2 (about two labels' wor
 MAX_STEP = 0.5  # nats one label may move the threshold
 NORMAL_WEIGHT = 3.0  # a normal above the line costs this many anomalies below it (see the module docstring)
 U_RANGE = 6.0  # thresholds searched within logit +- this
-MIN_THRESHOLD = 1.0 / (1.0 + math.exp(Z_EDGE - 1.0))  # 0.12: one spread above the references' median
 _lock = threading.Lock()
 
 
@@ -59,6 +58,14 @@ def _logit(p: float) -> float:
 
 def _sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u))
+
+
+def score_at_spreads(z: float) -> float:
+    """The calibrated score of a raw score `z` spreads above the references' median (`tools.calibration`)."""
+    return _sigmoid(z - Z_EDGE)
+
+
+MIN_THRESHOLD = score_at_spreads(1.0)  # 0.12: the lowest line labels can set (the module docstring)
 
 
 def _softplus(x: float) -> float:
