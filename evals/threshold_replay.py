@@ -13,7 +13,8 @@ than the threshold alone (macro error ratio 0.49x against 0.85x, shipped policy)
 must be checked with the real stream.
 
 Policies: the shipped one first, then the shipped one with each of `FLOORS` as its lowest threshold (no floor;
-one, 1.5 and 2 spreads above the references' median: the grid that chose the shipped floor), then a declared
+one, 1.5 and 2 spreads above the references' median: the grid that chose the shipped floor), then the shipped
+one with `one_way` flipped (a label may move the line against its own side), then a declared
 grid of prior, tau, max_step and normal_weight (at the shipped floor). Per policy:
 second-half error, recall and FPR per category (macro over seeds), the mean ratio of error with / without
 feedback, and the largest FPR. A failed item (no score) stays wrong and gets no feedback, as in the stream.
@@ -85,9 +86,10 @@ def without_feedback_streams(result: dict) -> dict[str, list[list[dict]]]:
 def policies() -> list[ThresholdPolicy]:
     """The shipped policy, its floor variants, then the declared grid (none repeated)."""
     floors = [dataclasses.replace(SHIPPED_POLICY, min_threshold=f) for f in FLOORS]
+    both_ways = [dataclasses.replace(SHIPPED_POLICY, one_way=not SHIPPED_POLICY.one_way)]
     grid = [ThresholdPolicy(*values) for values in itertools.product(*GRID.values())]
     out = [SHIPPED_POLICY]
-    for p in floors + grid:
+    for p in floors + both_ways + grid:
         if p not in out:
             out.append(p)
     return out
@@ -103,6 +105,7 @@ def table(result: dict) -> list[dict]:
         ratios = [got[c][0] / base[c][0] if base[c][0] > 0 else float("nan") for c in streams]
         row = {"prior": policy.prior, "tau": policy.tau, "max_step": policy.max_step,
                "normal_weight": policy.normal_weight, "floor": round(policy.min_threshold, 3),
+               "one way": policy.one_way,
                "error ratio (mean)": sum(ratios) / len(ratios), "max FPR": max(got[c][2] for c in streams),
                "recall kept": all(got[c][1] >= base[c][1] - 1e-9 for c in streams)}
         for c in streams:

@@ -11,6 +11,7 @@ from memory.operating_point import (
     ThresholdPolicy,
     describe_move,
     fit_threshold,
+    next_threshold,
 )
 
 
@@ -39,6 +40,29 @@ def test_one_label_moves_the_threshold_by_a_bounded_step(tmp_path):
     before, after = ops.add("gasket", "x", "normal", 0.9999)
     assert abs(_logit(after.threshold) - _logit(before.threshold)) <= MAX_STEP + 1e-9
     assert after.history[-1]["from"] == round(before.threshold, 4)
+
+
+def test_a_label_never_moves_the_line_against_its_own_side():
+    """Three false alarms leave the line short of its fit (bounded steps); a miss that follows must not finish
+    that climb: the inspector said the line is too high there, so it falls or stays, never rises."""
+    alarms = [("normal", 0.99)] * 3
+    line = 0.5
+    for i in range(len(alarms)):
+        line = next_threshold(line, alarms[: i + 1])
+    assert line < fit_threshold(alarms) - 0.05  # still climbing
+    labels = [*alarms, ("anomalous", 0.04)]
+    assert fit_threshold(labels) > line  # the fit still lies above: two-way, the miss raises the line
+    assert next_threshold(line, labels, ThresholdPolicy(one_way=False)) > line
+    assert next_threshold(line, labels) == line
+    # the mirror case: two misses leave the line above its fit; a normal confirmed below the line never lowers it
+    misses = [("anomalous", 0.15)] * 2
+    line = 0.5
+    for i in range(len(misses)):
+        line = next_threshold(line, misses[: i + 1])
+    labels = [*misses, ("normal", 0.05)]
+    assert fit_threshold(labels) < line
+    assert next_threshold(line, labels, ThresholdPolicy(one_way=False)) < line
+    assert next_threshold(line, labels) == line
 
 
 def test_removing_a_label_reverts_its_effect_exactly(tmp_path):
