@@ -64,7 +64,7 @@ def record_feedback(runtime, store, image_path, category: str, label: str, score
     else:
         what = (f"stored as a normal example of '{cat}'; it joins the references of new '{cat}' images "
                 "(a hard normal)")
-    move = describe_move(cat, before, after) if score is not None else "the threshold was not refit (no score)"
+    move = describe_move(cat, before, after, label) if score is not None else "the threshold was not refit (no score)"
     if "threshold" in runtime.config.model_fields_set:
         move += f" (this process uses the configured threshold {runtime.config.threshold:.2f})"
     return FeedbackResult(example, before.threshold, after.threshold, f"{what}; {move}.")

@@ -235,10 +235,20 @@ def operating_points_path(memory_path: str | Path | None, memory_host: str | Non
     return path.parent / f"{path.name}-operating-points.json"
 
 
-def describe_move(category: str, before: OperatingPoint, after: OperatingPoint) -> str:
-    """"the 'gasket' threshold moved 0.50 -> 0.31" (or stayed), saying so when it rests on its floor."""
+def describe_move(category: str, before: OperatingPoint, after: OperatingPoint, label: str | None = None) -> str:
+    """"the 'gasket' threshold moved 0.50 -> 0.31" (or stayed), saying so when it rests on its floor, and, when
+    `label` (the label just given) left it where it was because the line moves only that label's way, why."""
     floor = (", its floor: lower, it would flag images that score like the references themselves"
              if after.threshold <= MIN_THRESHOLD + 1e-6 else "")
     if abs(before.threshold - after.threshold) < 0.005:
-        return f"the '{category}' threshold stayed at {after.threshold:.2f}{floor}"
+        why = ""
+        if label is not None and not floor and after.history:
+            target = fit_threshold([(h["label"], h["score"]) for h in after.history])
+            if label == "anomalous" and target > after.threshold + 0.005:
+                why = (f": the labels so far put it higher ({target:.2f}: the false alarms weigh more), and a "
+                       "missed defect never raises it")
+            elif label == "normal" and target < after.threshold - 0.005:
+                why = (f": the labels so far put it lower ({target:.2f}: the missed defects), and a normal "
+                       "never lowers it")
+        return f"the '{category}' threshold stayed at {after.threshold:.2f}{floor}{why}"
     return f"the '{category}' threshold moved {before.threshold:.2f} -> {after.threshold:.2f}{floor}"

@@ -65,6 +65,23 @@ def test_a_label_never_moves_the_line_against_its_own_side():
     assert next_threshold(line, labels) == line
 
 
+def test_the_message_says_why_a_miss_left_the_line_where_it_was(tmp_path):
+    ops = OperatingPoints(tmp_path / "op.json")
+    for i in range(3):
+        ops.add("cell", f"n{i}", "normal", 0.99)
+    before, after = ops.add("cell", "a", "anomalous", 0.04)
+    assert after.threshold == before.threshold
+    said = describe_move("cell", before, after, "anomalous")
+    assert said.startswith(f"the 'cell' threshold stayed at {after.threshold:.2f}: the labels so far put it higher")
+    assert "a missed defect never raises it" in said
+    assert describe_move("cell", before, after) == f"the 'cell' threshold stayed at {after.threshold:.2f}"  # undo
+    ops2 = OperatingPoints(tmp_path / "op2.json")
+    for i in range(2):
+        ops2.add("cell", f"a{i}", "anomalous", 0.15)
+    before, after = ops2.add("cell", "n", "normal", 0.05)
+    assert "a normal never lowers it" in describe_move("cell", before, after, "normal")
+
+
 def test_removing_a_label_reverts_its_effect_exactly(tmp_path):
     ops = OperatingPoints(tmp_path / "op.json")
     ops.add("gasket", "a", "normal", 0.8)
