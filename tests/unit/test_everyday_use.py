@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from agent.commands.common import unique_stems
-from agent.commands.detect import exit_code, summary_line
+from agent.commands.detect import coverage_hint, exit_code, summary_line
 from agent.errors import UserInputError
 from agent.schemas import Verdict
 from tools.images import (
@@ -65,6 +65,17 @@ def test_anomaly_wins_over_failures_with_fail_on_anomaly():
     assert exit_code([_ok("normal")], fail_on_anomaly=True) == 0
     assert summary_line([_ok("anomalous"), _ok("normal"), missing]) == (
         "summary: 2 judged, 1 anomalous, 1 error(s) of 3 image(s)")
+
+
+def test_a_batch_mostly_flagged_gets_a_hint_about_the_references():
+    missing = Verdict.failed("missing.png", "missing.png: file not found", kind="input")
+    mostly = [_ok("anomalous")] * 4 + [_ok("normal"), missing]
+    hint = coverage_hint(mostly)
+    assert hint.startswith("hint: 4 of 5 judged images are anomalous.")
+    assert "references do not show how good images vary" in hint and "--label normal" in hint
+    assert coverage_hint([_ok("anomalous")] * 3 + [_ok("normal")] * 3) is None  # half is not most
+    assert coverage_hint([_ok("anomalous")] * 4) is None  # too few to say
+    assert coverage_hint([_ok("anomalous")] * 3 + [missing] * 5) is None  # failures are not flags
 
 
 def test_detect_takes_a_folder_and_prints_a_missing_file_once(tmp_path, isolated_home, capsys):
