@@ -12,8 +12,9 @@ click never swings the line, and only its own way (`ThresholdPolicy.one_way`): a
 the line, a false alarm never lowers it. A bounded step can leave the line short of its fit; without the rule
 the next label finished that move even against itself (dev feedback stream, 2026-12-04: a missed elpv_mono
 cell raised the line 0.62 -> 0.73, and the page said so). Adopting it there: elpv_mono's second-half error
-0.111 -> 0.097 and recall 0.88 -> 0.91, every other category unchanged; on fold test nothing changed. The history of every move is kept; removing a label (undo) refits by
-replaying the remaining labels in order, so its effect is reverted exactly.
+0.111 -> 0.097 and recall 0.88 -> 0.91, every other category unchanged; on fold test nothing changed. The
+history of every move is kept; removing a label (undo) refits by replaying the remaining labels in order, so
+its effect is reverted exactly.
 
 W = `NORMAL_WEIGHT` = 3: a false alarm costs three misses. Feedback comes mostly from misses (each pulls the
 line down); with W = 1 the line sank until a quarter of a category's normals were flagged (realsets dev
