@@ -149,20 +149,25 @@ def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *
         word = "Anomalous" if fusion.label == "anomalous" else "Normal"
         return f"{word}, {sure} {numbers}, judged without normal references."
     refs = f"all {n_references} good references" if n_references > 1 else "the good reference"
+    # what the tools' normal ratio compares with: the references' spread among themselves, or with one reference
+    # its slightly moved copies (`tools.calibration`: shifted, rotated, brightened), which vary less than real images
+    single = n_references == 1
     if fusion.label == "anomalous":
         where = _where(lead.regions[0].bbox_xyxy, width, height) if lead.regions else "the image"
-        how = (f" {_times(lead.normal_ratio)} as much as they differ from each other"
+        them = "slightly moved copies of it do" if single else "they differ from each other"
+        how = (f" {_times(lead.normal_ratio)} as much as {them}"
                if lead.normal_ratio is not None and lead.normal_ratio > 1 else "")
         per = "" if lead.tool == "patch_knn" else f" ({lead.tool})"
         return f"Anomalous, {sure}: {where} of {thing} differs from {refs}{how}{per} {numbers}."
     ratios = [e.normal_ratio for e in scored if e.normal_ratio is not None]
+    them = "slightly moved copies of it are" if single else "they are from each other"
     if not ratios:
         within = ""
     elif max(ratios) <= 1.05:
-        within = ", no more different than they are from each other"
+        within = f", no more different than {them}"
     else:
-        within = f", at most {_times(max(ratios))} as different as they are from each other"
-    verb = "shows" if n_references == 1 else "show"
+        within = f", at most {_times(max(ratios))} as different as {them}"
+    verb = "shows" if single else "show"
     return f"Normal, {sure}: {thing} is within what {refs} {verb}{within} {numbers}."
 
 

@@ -24,7 +24,19 @@ def test_a_normal_image_says_it_is_within_the_references():
     ev = [_ev(0.05, 0.9)]
     text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=1, category=None)
     assert text.startswith("Normal, clearly: the image is within what the good reference shows")
-    assert "no more different than they are from each other" in text
+    # one reference has no "each other": its normal range comes from slightly moved copies of it
+    assert "no more different than slightly moved copies of it are" in text
+    ev = [_ev(0.05, 0.9)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=3, category=None)
+    assert text.startswith("Normal, clearly: the image is within what all 3 good references show, "
+                           "no more different than they are from each other")
+
+
+def test_one_reference_an_anomaly_is_compared_with_copies_of_it():
+    ev = [_ev(0.99, 3.02)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=1, category="gasket")
+    assert text.startswith("Anomalous, clearly: the top-right area of the gasket differs from the good reference "
+                           "three times as much as slightly moved copies of it do")
 
 
 def test_near_the_threshold_it_says_borderline():
