@@ -73,22 +73,13 @@ def summary_line(verdicts: list[Verdict]) -> str:
     return f"summary: {len(judged)} judged, {anomalous} anomalous, {errors} error(s) of {len(verdicts)} image(s)"
 
 
-COVERAGE_MIN_IMAGES = 5  # a batch this large with more than half of it flagged gets `coverage_hint`
-
-
 def coverage_hint(verdicts: list[Verdict]) -> str | None:
-    """A line for a batch where more than half of the judged images are anomalous (at least
-    `COVERAGE_MIN_IMAGES` judged), else None. On a line most products are good, and a majority flagged is
-    more often references that miss the good images' variation than a bad batch (realsets elpv_mono: with four
-    clean cells as references, 79% of the good cells were flagged; with other draws, 4-8%)."""
+    """`agent.coverage.hint_line` for a batch: a line when more than half of at least 5 judged images are
+    anomalous, else None (failures are neither judged nor flagged)."""
+    from agent.coverage import hint_line
+
     judged = [v for v in verdicts if v.status == "ok"]
-    flagged = sum(1 for v in judged if v.pred_label == "anomalous")
-    if len(judged) < COVERAGE_MIN_IMAGES or flagged * 2 <= len(judged):
-        return None
-    return (f"hint: {flagged} of {len(judged)} judged images are anomalous. If most of them are good, the "
-            "references do not show how good images vary: use references that do (more of them, or more "
-            "varied), or mark the false alarms normal (the page's 'wrong' button, or `memory add --label "
-            "normal` with --refs memory) so that they join the references.")
+    return hint_line(len(judged), sum(1 for v in judged if v.pred_label == "anomalous"))
 
 
 def print_verdict(verdict: Verdict, overlay: str | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -45,7 +46,8 @@ DETECT_FORM = {
             }}}},
     },
     "responses": {"200": {"description": "one record per image: every Verdict field, run_id, image, overlay and "
-                                         "map URLs; with 'Accept: text/event-stream' the agent's steps as "
+                                         "map URLs, coverage_hint (null, or a line when most recent verdicts with "
+                                         "these references are anomalous); with 'Accept: text/event-stream' the agent's steps as "
                                          "server-sent events (started, step, survey_started, tool, model_turn, "
                                          "verdict, done)"}},
 }
@@ -87,11 +89,18 @@ class _Job:
                                                     references=self.references, question=self.question):
             if event["type"] == "verdict":
                 verdict = relabel(event["verdict"], self.threshold)
+                hint = self.state.coverage.add(self.coverage_key(), self.run_id, verdict.status, verdict.pred_label)
                 record = self.state.runs.finish(self.run_id, verdict, self.upload.name,
-                                                self.state.config.max_image_pixels)
+                                                self.state.config.max_image_pixels, {"coverage_hint": hint})
                 yield {"type": "verdict", "record": record}
             else:
                 yield event
+
+    def coverage_key(self) -> tuple[str, str]:
+        """(category, which references): the uploaded set's id, "memory" or "none" (`CoverageTally`)."""
+        if isinstance(self.references, list) and self.references:
+            return self.category or "", Path(self.references[0]).parent.name
+        return self.category or "", self.mode or "none"
 
     def record(self) -> dict:
         """Run the job to its end; its record."""
@@ -205,6 +214,7 @@ async def feedback(run_id: str, body: Feedback, state: ServerState = Depends(ser
         return learned, existed
 
     learned, existed = await asyncio.to_thread(store_it)
+    state.coverage.confirm(run_id, body.label, learned.example.id)
     example = learned.example
     was = record.get("pred_label")
     stored = {**example.model_dump(mode="json", exclude={"image_path"}), "provenance": "feedback"}

@@ -133,6 +133,7 @@ async def delete_example(example_id: str, state: ServerState = Depends(server_st
         return [describe_move(b.category, b, a) for b, a in state.agent.runtime.operating_points().remove(example_id)]
 
     await asyncio.to_thread(delete)
+    state.coverage.undo(example_id)
     moves = await asyncio.to_thread(revert)
     message = "removed from memory; it no longer joins references or known defects"
     return {"deleted": example_id, "thresholds": moves, "message": "; ".join([message, *moves]) + "."}

@@ -99,10 +99,11 @@ class RunStore:
     def meta(self, run_id: str) -> dict:
         return json.loads((self.folder(run_id) / "meta.json").read_text())
 
-    def finish(self, run_id: str, verdict: Verdict, name: str, max_pixels: int | None = None) -> dict:
+    def finish(self, run_id: str, verdict: Verdict, name: str, max_pixels: int | None = None,
+               extra: dict | None = None) -> dict:
         """Copy the run's maps into its folder, write the overlay and heat layer, save and return the record:
-        every `Verdict` field, ``image`` (the upload's name), ``run_id`` and URLs (``overlay``, ``map``,
-        ``image_url``; each evidence's ``map_path`` becomes its URL)."""
+        every `Verdict` field, ``image`` (the upload's name), ``run_id``, URLs (``overlay``, ``map``,
+        ``image_url``; each evidence's ``map_path`` becomes its URL) and the fields of `extra`."""
         folder = self.folder(run_id)
         meta = self.meta(run_id)
         base = f"/v1/runs/{run_id}"
@@ -128,7 +129,7 @@ class RunStore:
                     temp_dirs.add(Path(ev.map_path).parent)
                 else:
                     item["map_path"] = None
-        record.update({"image": name, "run_id": run_id, "category": verdict.category, **urls})
+        record.update({"image": name, "run_id": run_id, "category": verdict.category, **urls, **(extra or {})})
         if self.redactor is not None:  # no server folder in a reply (e.g. inside an error's text)
             record = self.redactor.json(record)
         (folder / "record.json").write_text(json.dumps(record))

@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import Request
 
 from agent.config import AgentConfig
+from agent.coverage import CoverageTally
 from agent.server.admission import Admission, timeout_error
 from agent.server.errors import ApiError
 from agent.server.redact import Redactor
@@ -31,6 +32,7 @@ class ServerState:
     Attributes:
         agent: the warm `AnomalyAgent` (None until `warm_up` has built it).
         ready / problem: warm-up finished / why it failed.
+        coverage: recent verdicts per (category, references), for the detect record's ``coverage_hint``.
     """
 
     def __init__(self, settings: ServeSettings, config: AgentConfig, agent=None) -> None:
@@ -41,6 +43,7 @@ class ServerState:
         self.problem: str | None = None
         self.redactor = Redactor.for_server(settings, config)
         self.runs = RunStore(settings.data_dir, settings.max_runs, self.redactor)
+        self.coverage = CoverageTally()
         self.sessions_dir = Path(settings.data_dir) / "sessions"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission(settings.workers, settings.queue, settings.request_timeout_s)

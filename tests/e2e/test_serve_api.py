@@ -176,6 +176,30 @@ def test_feedback_changes_the_next_verdict_of_a_near_duplicate(server):
     assert after["pred_score"] < before["pred_score"]
 
 
+def test_a_reference_set_that_flags_most_images_gets_a_hint(server):
+    refs = [("references", (f"c{i}.png", texture_png(40 + i), "image/png")) for i in range(3)]
+    bad = [("images", (f"b{i}.png", texture_png(200 + i, defect=True), "image/png")) for i in range(5)]
+    four = detect(server, *bad[:4], *refs, category="coverage").json()["results"]
+    assert [r["pred_label"] for r in four] == ["anomalous"] * 4
+    assert four[-1]["coverage_hint"] is None  # four verdicts are too few to say
+    fifth = detect(server, bad[4], *refs, category="coverage").json()["results"][0]
+    assert fifth["coverage_hint"].startswith("hint: 5 of 5 recent verdicts with these references are anomalous.")
+    assert "/feedback" in fifth["coverage_hint"]
+    assert httpx.get(f"{server.url}/v1/runs/{fifth['run_id']}").json()["coverage_hint"] == fifth["coverage_hint"]
+    other = detect(server, good_image("g.png"), *REFS, category="coverage").json()["results"][0]
+    assert other["coverage_hint"] is None  # another reference set keeps its own count
+    stored = []
+    for record in four[:2]:  # the inspector confirms two of them: defects, not a sign of the references
+        reply = httpx.post(f"{server.url}/v1/runs/{record['run_id']}/feedback", json={"label": "anomalous"})
+        assert reply.status_code == 200, reply.text
+        stored.append(reply.json()["example_id"])
+    sixth = detect(server, good_image("g2.png"), *refs, category="coverage").json()["results"][0]
+    assert sixth["pred_label"] == "normal" and sixth["coverage_hint"] is None  # 3 unconfirmed of 6
+    httpx.delete(f"{server.url}/v1/memory/examples/{stored[0]}").raise_for_status()  # one confirmation undone
+    seventh = detect(server, good_image("g3.png"), *refs, category="coverage").json()["results"][0]
+    assert seventh["coverage_hint"].startswith("hint: 4 of 7 recent")
+
+
 def test_feedback_errors(server):
     run = detect(server, good_image(), *REFS).json()["results"][0]  # no category
     reply = httpx.post(f"{server.url}/v1/runs/{run['run_id']}/feedback", json={"label": "normal"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.agent_fixtures import write_set
@@ -53,6 +54,7 @@ def test_web_page_end_to_end(tmp_path, browser):
         score = float(page.text_content("#verdictScore"))
         assert page.locator("#evidence tr").count() >= 1 and "patch_knn" in page.text_content("#evidence")
         assert page.locator("#stageBoxes rect").count() >= 1
+        assert page.is_hidden("#coverageHint")  # one verdict says nothing about the references
         page.wait_for_function("document.getElementById('stageHeat').naturalWidth > 0")
 
         # the slider re-labels live: above the score -> normal, back at 0.5 -> anomalous
@@ -83,6 +85,15 @@ def test_web_page_end_to_end(tmp_path, browser):
         assert page.is_hidden("#fbUndo")
         stats = page.evaluate("fetch('/v1/memory/stats').then((r) => r.json())")
         assert stats["categories"].get("texture", {}).get("anomalous", 0) == 0
+
+        # most verdicts with these references flagged: the page says the references may be the problem
+        refs = [("references", (p.name, p.read_bytes(), "image/png")) for p in sorted(images["refs"].glob("*.png"))]
+        for i in range(4):
+            httpx.post(f"{server.url}/v1/detect", data={"category": "texture"}, timeout=60,
+                       files=[("images", (f"b{i}.png", images["bad"].read_bytes(), "image/png")), *refs]).raise_for_status()
+        page.click("#judge")
+        page.wait_for_selector("#coverageHint:not([hidden])", timeout=60_000)
+        assert "6 of 6 recent verdicts with these references are anomalous" in page.text_content("#coverageHint")
 
         page.evaluate("window.scrollTo(0, 0)")
         wide = shots / "serve-1280x800.png"

@@ -196,6 +196,8 @@ async function showRecord(record) {
   const took = record.timings && record.timings.total_ms ? ` · ${(record.timings.total_ms / 1000).toFixed(2)} s` : "";
   const disputed = record.disputed ? "DISPUTED: the model disagreed with the measured evidence (see the explanation) · " : "";
   $("verdictMeta").textContent = `${disputed}score from ${record.score_source} · policy ${record.policy || "?"} · backend ${record.backend || "?"}${took} · run ${record.run_id.slice(0, 8)}`;
+  $("coverageHint").textContent = record.coverage_hint || "";
+  $("coverageHint").hidden = !record.coverage_hint;
   relabel();
   $("explanation").textContent = record.explanation;
   $("evidence").innerHTML = (record.evidence || []).map((e) =>
