@@ -122,7 +122,7 @@ def _how_sure(score: float, threshold: float) -> str:
         return math.log(p / (1 - p))
 
     gap = abs(logit(score) - logit(threshold))
-    return "clearly" if gap >= logit(0.9) else ("probably" if gap >= logit(0.7) else "borderline:")
+    return "clearly" if gap >= logit(0.9) else ("probably" if gap >= logit(0.7) else "borderline")
 
 
 def _times(ratio: float) -> str:
@@ -143,7 +143,12 @@ def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *
     thing = f"the {category}" if category else "the image"
     sure = _how_sure(fusion.score, threshold)
     numbers = f"(score {fusion.score:.2f}, threshold {threshold:.2f})"
-    scored = [e for e in evidence if e.score is not None and not e.error and e.tool != "survey"]
+    # the survey's two scales (patch_knn and patch_knn_fine, summed) speak through the survey's evidence: its
+    # ratio is their sum's, its regions those of the scale that sees more
+    scales = next((e for e in evidence if e.tool == "survey" and e.normal_ratio is not None), None)
+    parts = ("patch_knn", "patch_knn_fine") if scales else ()
+    scored = [*([scales] if scales else []),
+              *(e for e in evidence if e.score is not None and not e.error and e.tool not in ("survey", *parts))]
     lead = max(scored, key=lambda e: float(e.score), default=None)
     if n_references == 0 or lead is None:
         word = "Anomalous" if fusion.label == "anomalous" else "Normal"
@@ -157,7 +162,7 @@ def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *
         them = "slightly moved copies of it do" if single else "they differ from each other"
         how = (f" {_times(lead.normal_ratio)} as much as {them}"
                if lead.normal_ratio is not None and lead.normal_ratio > 1 else "")
-        per = "" if lead.tool == "patch_knn" else f" ({lead.tool})"
+        per = "" if lead.tool in ("patch_knn", "survey") else f" ({lead.tool})"
         return f"Anomalous, {sure}: {where} of {thing} differs from {refs}{how}{per} {numbers}."
     ratios = [e.normal_ratio for e in scored if e.normal_ratio is not None]
     them = "slightly moved copies of it are" if single else "they are from each other"

@@ -320,12 +320,12 @@ def _survey_standing(on_query: list[Evidence], survey_score: float, weights: dic
     the threshold. Works on the survey's own log-odds (inverting `agent.survey_fusion.to_score`), so it is
     non-decreasing in every part's score and equals the survey's reading when no single part adds more.
     `weights`: the survey's weights (`AgentRuntime.survey_weights`; None: the defaults)."""
-    from agent.survey_fusion import BASE_TOOL, survey_terms, to_score
+    from agent.survey_fusion import survey_terms, to_score
 
     terms = survey_terms([ev for ev in on_query if (ev.args or {}).get("stage") == "survey"], 2, weights)
-    top = max((t.contribution for t in terms if t.tool != BASE_TOOL), default=0.0)
+    top = max((t.contribution for t in terms if not t.base), default=0.0)
     excess = top - SINGLE_PART_CAP
-    if excess <= 0 or not any(t.tool == BASE_TOOL for t in terms):
+    if excess <= 0 or not any(t.base for t in terms):
         return survey_score
     total = LOGIT_BOUND * math.sinh(_raw_logit(survey_score) / LOGIT_BOUND)  # the survey's L
     return min(survey_score, to_score(total - excess))

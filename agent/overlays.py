@@ -13,8 +13,12 @@ from tools.maps import write_overlay
 
 
 def verdict_map(verdict: Verdict) -> np.ndarray | None:
-    """The anomaly map (HxW float32 in [0, 1]) of the highest-scoring evidence that has one, or None."""
-    with_maps = [e for e in verdict.evidence if e.map_path and Path(e.map_path).exists()]
+    """The anomaly map (HxW float32 in [0, 1]) of the highest-scoring evidence that has one, or None. The
+    survey's reading stands for its parts (`agent.fusion.without_survey_parts`): its map is the one its own rule
+    picked."""
+    from agent.fusion import without_survey_parts
+
+    with_maps = [e for e in without_survey_parts(verdict.evidence) if e.map_path and Path(e.map_path).exists()]
     if not with_maps:
         return None
     best = max(with_maps, key=lambda e: e.score if e.score is not None else -1.0)

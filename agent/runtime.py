@@ -26,6 +26,7 @@ from tools.registry import create_tool, tool_names
 from tools.types import Evidence
 
 REFERENCE_TOOLS = ("patch_knn", "reference_diff", "parts_check")
+SURVEY_ONLY_TOOLS = ("patch_knn_fine",)  # part of the survey's reading, not offered to the model
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -98,6 +99,8 @@ class AgentRuntime:
         """Tools the model may call in a run with `n_references` normal references."""
         names = []
         for name in tool_names():
+            if name in SURVEY_ONLY_TOOLS:
+                continue
             if name in REFERENCE_TOOLS and n_references == 0:
                 continue
             if name == "clip_similarity" and not self.clip_available():
@@ -106,14 +109,16 @@ class AgentRuntime:
         return names
 
     def survey_tools(self, n_references: int) -> list[str]:
-        """The cheap tools run before the model speaks: with references patch kNN first, then the
-        complementary tools the survey fusion counts (`agent.survey_fusion.SURVEY_WEIGHTS`); CLIP without."""
+        """The cheap tools run before the model speaks: with references patch kNN first (and its second scale,
+        `survey_fine_scale`), then the complementary tools the survey fusion counts
+        (`agent.survey_fusion.SURVEY_WEIGHTS`); CLIP without."""
         if n_references > 0:
-            from agent.survey_fusion import MIN_REFERENCES_FOR_OTHERS
+            from agent.survey_fusion import FINE_TOOL, MIN_REFERENCES_FOR_OTHERS
 
+            scales = ["patch_knn", *([FINE_TOOL] if self.config.survey_fine_scale else [])]
             if n_references < MIN_REFERENCES_FOR_OTHERS:
-                return ["patch_knn"]
-            return ["patch_knn", *(name for name, w in self.survey_weights().items() if w > 0)]
+                return scales
+            return [*scales, *(name for name, w in self.survey_weights().items() if w > 0)]
         return ["clip_similarity"] if self.clip_available() else []
 
     def survey_weights(self) -> dict[str, float]:

@@ -15,6 +15,13 @@ composition. A defect seen by any of them is a defect, so the fusion is *one-sid
 - ``S * asinh(L / S)`` is the identity near the edge and grows like a logarithm far from it, so fused
   scores never round to 1.0 and keep their order (AUROC), and ``L = 0`` stays at 0.5.
 
+**Two scales.** When `patch_knn_fine` (patch_knn on unpooled features) scored too, the base reading is the
+two scales' raw scores summed (each is "relative to the references' own", so they add like for like),
+calibrated on the references' own sums (the same references held out in both): its edge of normal is
+`SCALE_EDGE` times their median. The base term is then named ``patch_knn+patch_knn_fine``; the map and
+regions are patch_knn's unless only the unpooled scale sees a defect (`scales_lead`). Chosen by
+leave-category-out (README, "The survey's defaults").
+
 The fused score is non-decreasing in every tool's score, strictly increasing in patch_knn's, and equals
 patch_knn's own reading (up to the asinh map) when no other tool flags. Weights are chosen by
 leave-category-out on the realsets dev folds and the synthetic set (`evals.bench.lco_protocol`), from a
@@ -28,10 +35,15 @@ import math
 from dataclasses import dataclass
 
 from agent.fusion import _logit, to_score
+from tools.calibration import Calibrator
 from tools.types import Evidence
 
 BASE_TOOL = "patch_knn"
+FINE_TOOL = "patch_knn_fine"  # the second scale, summed into the base reading
+SCALES_TOOL = f"{BASE_TOOL}+{FINE_TOOL}"  # the base term's name when both scales count
 SURVEY_TOOL = "survey"  # the fused reading's name in the evidence
+# the two scales' edge of normal, times the median of the references' own summed scores, per calibration
+SCALE_EDGE = {"leave-one-out": 1.10, "augmented copies": 1.8}
 # the other tools' default weights. None is adopted: by leave-category-out on fold dev (evals.bench.lco_protocol,
 # README) the best fast candidate, parts_check at 0.25, moved the mean image AUROC by -0.002 and board (k = 4)
 # by -0.037, and reference_diff is ~10x patch_knn's time per image (beyond 3x a plain PatchCore). Users opt in
@@ -51,6 +63,8 @@ class SurveyTerm:
         weight: its weight in the fusion (the base tool counts fully, 1.0).
         reason: why it has that weight (cited in the evidence).
         log_odds: its unbounded log-odds when the tool reports them (else from `score`).
+        ratio: its raw score / the references' typical own (the two scales: their sums'), or None.
+        detail: what the summary says of it besides its score (the two scales: the ratio and each scale alone).
     """
 
     tool: str
@@ -58,11 +72,18 @@ class SurveyTerm:
     weight: float
     reason: str
     log_odds: float | None = None
+    ratio: float | None = None
+    detail: str = ""
+
+    @property
+    def base(self) -> bool:
+        """The base reading (patch_knn, or the two scales summed): counted fully and both ways."""
+        return self.tool in (BASE_TOOL, SCALES_TOOL)
 
     @property
     def contribution(self) -> float:
         """Log-odds it adds to the fused reading (the base tool: its own, unbounded)."""
-        if self.tool == BASE_TOOL:
+        if self.base:
             return self.log_odds if self.log_odds is not None else math.log(
                 max(self.score, 1e-15) / max(1.0 - self.score, 1e-15))
         return self.weight * max(0.0, _logit(self.score))
@@ -73,7 +94,7 @@ def fused_score(terms: list[SurveyTerm]) -> float:
     if not terms:
         msg = "nothing to fuse: no survey tool produced a score"
         raise ValueError(msg)
-    if any(t.tool == BASE_TOOL for t in terms):
+    if any(t.base for t in terms):
         return to_score(sum(t.contribution for t in terms))
     weighted = [t for t in terms if t.weight > 0]
     return to_score(max(_logit(t.score) for t in weighted)) if weighted else 0.5
@@ -95,7 +116,9 @@ def describe(terms: list[SurveyTerm], score: float) -> str:
     """One sentence: the fused reading and each tool's part."""
     parts = []
     for t in terms:
-        if t.tool == BASE_TOOL:
+        if t.tool == SCALES_TOOL:
+            parts.append(f"{BASE_TOOL} and {FINE_TOOL} summed {t.score:.2f} ({t.detail})")
+        elif t.base:
             parts.append(f"{t.tool} {t.score:.2f}")
         elif t.weight <= 0:
             parts.append(f"{t.tool} {t.score:.2f} (not counted: {t.reason})")
@@ -106,12 +129,55 @@ def describe(terms: list[SurveyTerm], score: float) -> str:
     return f"Survey reading {score:.2f} from " + ", ".join(parts) + "."
 
 
+def scales_reading(base: Evidence, fine: Evidence) -> tuple[float, list[float], Calibrator] | None:
+    """(the two scales' raw scores summed, the references' own sums, the calibrator fitted on them with
+    `SCALE_EDGE`); None when the two were not calibrated on the same references the same way."""
+    from tools.patch_knn import calibrate_edge
+
+    if (base.raw_score is None or fine.raw_score is None or base.calibration != fine.calibration
+            or base.calibration not in SCALE_EDGE or not base.reference_scores
+            or len(base.reference_scores) != len(fine.reference_scores)):
+        return None
+    normal = [a + b for a, b in zip(base.reference_scores, fine.reference_scores, strict=True)]
+    return base.raw_score + fine.raw_score, normal, calibrate_edge(normal, base.calibration,
+                                                                   SCALE_EDGE[base.calibration])
+
+
+def scales_term(base: Evidence, fine: Evidence) -> SurveyTerm | None:
+    """The two scales' base term (`scales_reading`), or None."""
+    reading = scales_reading(base, fine)
+    if reading is None:
+        return None
+    raw, _, cal = reading
+    ratio = raw / cal.center if cal.center > 0 else None
+    said = f"{ratio:.2f}x the references' own" if ratio is not None else f"raw {raw:.3g}"
+    detail = (f"{said}, {SCALE_EDGE[base.calibration]:g}x at the edge; {BASE_TOOL} {base.score:.2f} and "
+              f"{FINE_TOOL} {fine.score:.2f} alone")
+    return SurveyTerm(SCALES_TOOL, cal(raw), 1.0, "the base reading: both scales' raw scores summed, "
+                      "calibrated on the references' own sums", cal.log_odds(raw), ratio, detail)
+
+
+def scales_lead(by_tool: dict[str, Evidence]) -> str:
+    """Whose map and regions the two scales' reading shows: patch_knn's, unless patch_knn alone is within its
+    normal range and patch_knn_fine alone is beyond its edge (a defect only the unpooled features see).
+    Chosen on fold dev by pixel AUROC: the scale with the higher score every time cost magnetic_tile 0.03."""
+    base, fine = by_tool[BASE_TOOL], by_tool[FINE_TOOL]
+    return FINE_TOOL if float(base.score) < 0.5 <= float(fine.score) else BASE_TOOL
+
+
 def survey_terms(evidence: list[Evidence], n_references: int = 2,
                  weights: dict[str, float] | None = None) -> list[SurveyTerm]:
-    """One term per survey tool that scored (failed tools are left out; their evidence says why)."""
-    terms = []
-    for ev in evidence:
-        if ev.score is None or ev.error or ev.tool == SURVEY_TOOL:
+    """One term per survey tool that scored (failed tools are left out; their evidence says why); patch_knn
+    and patch_knn_fine become one base term (`scales_term`) when both scored."""
+    scored = {ev.tool: ev for ev in evidence if ev.score is not None and not ev.error and ev.tool != SURVEY_TOOL}
+    both = scales_term(scored[BASE_TOOL], scored[FINE_TOOL]) if {BASE_TOOL, FINE_TOOL} <= set(scored) else None
+    terms = [both] if both is not None else []
+    for ev in scored.values():
+        if both is not None and ev.tool in (BASE_TOOL, FINE_TOOL):
+            continue
+        if ev.tool == FINE_TOOL:
+            terms.append(SurveyTerm(FINE_TOOL, float(ev.score), 0.0, "not counted without patch_knn's scale "
+                                    "calibrated the same way", ev.log_odds))
             continue
         weight, reason = survey_weight(ev.tool, n_references, weights)
         terms.append(SurveyTerm(ev.tool, float(ev.score), weight, reason, ev.log_odds))
@@ -124,15 +190,24 @@ def survey_evidence(evidence: list[Evidence], query_id: str, n_references: int =
     tool that adds the most, and a summary citing every tool's part and weight."""
     terms = survey_terms(evidence, n_references, weights)
     score = fused_score(terms)
-    counted = [t for t in terms if t.tool == BASE_TOOL or (t.weight > 0 and t.score > 0.5)]
+    counted = [t for t in terms if t.base or (t.weight > 0 and t.score > 0.5)]
     lead = max(counted, key=lambda t: t.contribution, default=None)
-    lead_ev = next((ev for ev in evidence if lead is not None and ev.tool == lead.tool), None)
+    lead_tool = lead.tool if lead else None
+    if lead_tool == SCALES_TOOL:
+        lead_tool = scales_lead({ev.tool: ev for ev in evidence})
+    lead_ev = next((ev for ev in evidence if ev.tool == lead_tool), None)
     failed = [f"{ev.tool} failed ({ev.error}) and is not counted" for ev in evidence if ev.error]
     weights = "; ".join(f"{t.tool}: weight {t.weight:g}, {t.reason}" for t in terms)
     summary = " ".join([describe(terms, score), f"Weights: {weights}.", *(f + "." for f in failed)])
+    scales = {}  # the two scales' reading in the survey's evidence: raw, ratio and what calibrated it
+    if any(t.tool == SCALES_TOOL for t in terms):
+        by_tool = {ev.tool: ev for ev in evidence}
+        raw, normal, cal = scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
+        scales = {"raw_score": raw, "normal_ratio": next(t.ratio for t in terms if t.tool == SCALES_TOOL),
+                  "calibration": by_tool[BASE_TOOL].calibration, "reference_scores": normal}
     return Evidence(
         tool=SURVEY_TOOL, args={"image_id": query_id, "tools": [ev.tool for ev in evidence]},
         score=score, regions=list(lead_ev.regions) if lead_ev else [], summary=summary,
         map_path=lead_ev.map_path if lead_ev else None,
-        elapsed_ms=sum(ev.elapsed_ms for ev in evidence),
+        elapsed_ms=sum(ev.elapsed_ms for ev in evidence), **scales,
     )

@@ -9,8 +9,10 @@ raw and calibrated score, and one line per (category, k, draw) with the referenc
 and the pixel AUROC of each map-making method. Fusion rules are then compared offline
 (`evals.bench.lco_protocol`) without running a tool twice.
 
-Tools: ``patch_knn`` (the committed default), ``patchcore`` (the plain PatchCore on the same
-backbone, full bank: coreset 1.0), ``reference_diff`` and ``parts_check`` (defaults).
+Tools: ``patch_knn`` (the committed default), ``patch_knn_fine`` (its second scale, unpooled), ``patchcore``
+(the plain PatchCore on the same backbone, full bank: coreset 1.0), ``reference_diff`` and ``parts_check``
+(defaults). Latency per image is timed as the survey runs them: the query's features are dropped before each
+tool, except before ``patch_knn_fine``, which shares patch_knn's backbone pass in the survey too.
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ from evals.bench.tools import REALSETS, _small
 SCORED_TOOLS = ("reference_diff", "parts_check")
 
 
-def methods() -> dict:
-    """The patch_knn configurations measured: the default and the plain PatchCore with its full bank."""
-    from tools.patch_knn import PatchKnnConfig
+SHARES_BACKBONE = "patch_knn_fine"  # timed right after patch_knn, with the query's backbone maps kept
 
-    return {"patch_knn": PatchKnnConfig(),
-            "patchcore": dataclasses.replace(PatchKnnConfig(), **PLAIN_PATCHCORE, coreset=1.0)}
+
+def methods() -> dict:
+    """The patch_knn configurations measured: the default, its second scale (the survey's) and the plain
+    PatchCore with its full bank (first, so it never reuses another's backbone pass)."""
+    from tools.patch_knn import FINE_CONFIG, PatchKnnConfig
+
+    return {"patchcore": dataclasses.replace(PatchKnnConfig(), **PLAIN_PATCHCORE, coreset=1.0),
+            "patch_knn": PatchKnnConfig(), SHARES_BACKBONE: FINE_CONFIG}
 
 
 def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, configs: dict | None = None) -> None:
@@ -79,16 +85,25 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, 
                 bank = tool.reference_bank(ctx)
                 meta[f"{name}:bank_s"] = time.perf_counter() - t0
                 meta[f"{name}:normal"] = list(map(float, bank.normal_scores))
-                ys, ps, times = [], [], []
-                for tid in test_ids:
-                    _drop_query_features(ctx)
+            pixels: dict = {name: ([], []) for name in [*knn, "scales"]}
+            for tid in test_ids:  # image by image, each tool in turn, as the survey runs them
+                small = {}
+                for name, tool in knn.items():
+                    if name != SHARES_BACKBONE:
+                        _drop_query_features(ctx)
                     t0 = time.perf_counter()
                     res = tool.measure(ctx, tid)
-                    times.append((time.perf_counter() - t0) * 1000.0)
-                    rows[tid][name] = [float(res.raw_score), float(res.score), times[-1]]
+                    rows[tid][name] = [float(res.raw_score), float(res.score), (time.perf_counter() - t0) * 1000.0]
                     if has_masks and tid in masks:
-                        ys.append(masks[tid].ravel())
-                        ps.append(_small(res.anomaly_map, cv2.INTER_AREA).ravel())
+                        small[name] = _small(res.anomaly_map, cv2.INTER_AREA).ravel()
+                        pixels[name][0].append(masks[tid].ravel())
+                        pixels[name][1].append(small[name])
+                if {"patch_knn", SHARES_BACKBONE} <= set(small):  # the survey's map (`scales_lead`)
+                    pk_alone, fine_alone = rows[tid]["patch_knn"][1], rows[tid][SHARES_BACKBONE][1]
+                    lead = SHARES_BACKBONE if pk_alone < 0.5 <= fine_alone else "patch_knn"
+                    pixels["scales"][0].append(masks[tid].ravel())
+                    pixels["scales"][1].append(small[lead])
+            for name, (ys, ps) in pixels.items():
                 meta[f"{name}:pixel_auroc"] = _auroc(np.concatenate(ys), np.concatenate(ps)) if ys else None
             for name, tool in others.items():
                 tool.setup(ctx)

@@ -38,10 +38,16 @@ _lock = threading.Lock()
 _code: str | None = None
 
 
+_WARNED: set[str] = set()
+
+
 def _warn(text: str) -> None:
-    """One "warning:" line on stderr (like the progress lines; the run goes on)."""
+    """One "warning:" line on stderr (like the progress lines; the run goes on), once per process and text
+    (the survey's two scales store two banks in the same folder)."""
     log.info(text)
-    print(f"warning: {text}", file=sys.stderr)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"warning: {text}", file=sys.stderr)
 
 
 class BankFileError(ValueError):

@@ -252,8 +252,20 @@ def patch_features(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, i
         per view a gh x gw x C_view float32 array (gh = h / finest stride): the view's parts
         joined, the position's two columns ("pos") last. One backbone pass serves every view.
     """
+    return compose_views(backbone_maps(backbone, pixels, size_hw, cfg), cfg)
+
+
+def backbone_maps(backbone: Backbone, pixels: np.ndarray, size_hw: tuple[int, int],
+                  cfg: PatchKnnConfig) -> list[torch.Tensor]:
+    """The backbone's 1xCxhxw maps at `cfg.layers` for HxWx3 uint8 RGB `pixels` at working (h, w) `size_hw`,
+    after `cfg.grey_norm` (before any pooling: configs that differ only in `pool` share them)."""
     x = backbone.to_tensor(normalise_grey(pixels, cfg.grey_norm, cfg.flat_scale), size_hw)
-    maps = backbone.feature_maps(x, cfg.layers or backbone.layers)
+    return backbone.feature_maps(x, cfg.layers or backbone.layers)
+
+
+def compose_views(maps: list[torch.Tensor], cfg: PatchKnnConfig) -> list[np.ndarray]:
+    """Per view of `cfg.layer_norm`, gh x gw x C_view float32 vectors from `backbone_maps` (pooled by
+    `cfg.pool`, upsampled to the finest grid)."""
     target = maps[0].shape[-2:]
     pooled = []
     for fmap in maps:
@@ -513,6 +525,8 @@ class PatchKnnOutput(ToolOutput):
     n_references: int
     calibration: str = Field(description="'leave-one-out' (k>=2) or 'augmented copies' (k=1)")
     normal_range: tuple[float, float] = Field(description="min/max raw score of the references")
+    reference_scores: list[float] = Field(default_factory=list, description="the references' own raw scores "
+                                          "(each held out, or augmented copies of one), in the bank's order")
     edge_of_normal: float = Field(description="raw score whose calibrated score is 0.5")
     choices: list[str] = Field(default_factory=list, description="what was chosen for these references, and why")
     known_defect: KnownDefect | None = Field(None, description="the labelled anomaly that raised the score, if any")
@@ -566,7 +580,14 @@ class PatchKnn(Tool):
         key = ("patch_knn:feat", self.backbone.model_id, feat_cfg, digest, tuple(size_hw), tag)
         feats = ctx.cache.get(key)
         if feats is None:
-            feats = patch_features(self.backbone, pixels, size_hw, cfg)
+            # the backbone pass is shared with the other scale (`patch_knn_fine`): only the pooling differs
+            maps_key = ("patch_knn:maps", self.backbone.model_id, (cfg.layers, cfg.grey_norm, cfg.flat_scale),
+                        digest, tuple(size_hw), tag)
+            maps = ctx.cache.get(maps_key)
+            if maps is None:
+                maps = backbone_maps(self.backbone, pixels, size_hw, cfg)
+                ctx.cache[maps_key] = maps
+            feats = compose_views(maps, cfg)
             ctx.cache[key] = feats
         return feats
 
@@ -661,9 +682,7 @@ class PatchKnn(Tool):
         recall and false-positive rate at the default threshold (k=4, dev: 1.2 -> 1.15 moved the mean
         recall 0.75 -> 0.82 and the false-positive rate 0.08 -> 0.11).
         """
-        factor = EDGE_LOO if how == "leave-one-out" else EDGE_SINGLE
-        rel = (factor - 1.0) / Z_EDGE
-        return Calibrator.fit(normal, min_rel_spread=rel, max_rel_spread=rel)
+        return calibrate_edge(normal, how)
 
     def _choose(self, refs, plain: list[list[np.ndarray]]) -> tuple[bool, list[str]]:
         """Run-time choices from the references alone: (keep the position, sentences saying why).
@@ -777,7 +796,7 @@ class PatchKnn(Tool):
             regions = top_regions(find, k=1, rel_threshold=0.5, label="map peak (within normal range)")
         safe_id = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_id)
         # one display scale per reference bank (category), from its calibration; raw floats go to .npy
-        map_path = write_map_png(amap, Path(ctx.out_dir) / f"patch_knn_{safe_id}.png", vmin=bank.typical_patch,
+        map_path = write_map_png(amap, Path(ctx.out_dir) / f"{self.name}_{safe_id}.png", vmin=bank.typical_patch,
                                  vmax=bank.typical_patch + 2.0 * (bank.edge - bank.typical_patch))
         assert self.backbone is not None
         lo, hi = min(bank.normal_scores), max(bank.normal_scores)
@@ -795,6 +814,7 @@ class PatchKnn(Tool):
             n_references=bank.n_refs,
             calibration=bank.calibration,
             normal_range=(round(lo, 4), round(hi, 4)),
+            reference_scores=[float(v) for v in bank.normal_scores],
             edge_of_normal=round(bank.edge, 4),
             choices=list(bank.choices),
             known_defect=res.known_defect(),
@@ -811,7 +831,7 @@ class PatchKnn(Tool):
         else:
             rel = f"within the references' range {lo:.3f} to {hi:.3f}"
         text = (
-            f"patch_knn compared each patch with {bank.n_refs} normal reference(s) "
+            f"{self.name} compared each patch with {bank.n_refs} normal reference(s) "
             f"(calibrated by {bank.calibration}): anomaly score {res.score:.2f} "
             f"(raw {units} {res.raw_score:.3f}, {rel}; 0.5 is reached at "
             f"{bank.edge:.3f})."
@@ -845,6 +865,37 @@ class PatchKnn(Tool):
         if bank.choices:
             text += " Chosen for these references: " + "; ".join(bank.choices) + "."
         return text
+
+
+def calibrate_edge(normal: list[float], how: str, factor: float | None = None) -> Calibrator:
+    """The calibrator whose edge of normal (0.5) is `factor` times the median of the references' own scores
+    `normal`; `factor` None: EDGE_LOO for `how` "leave-one-out", else EDGE_SINGLE."""
+    if factor is None:
+        factor = EDGE_LOO if how == "leave-one-out" else EDGE_SINGLE
+    rel = (factor - 1.0) / Z_EDGE
+    return Calibrator.fit(normal, min_rel_spread=rel, max_rel_spread=rel)
+
+
+FINE_CONFIG = dataclasses.replace(PatchKnnConfig(), pool=1)
+
+
+@register
+class PatchKnnFine(PatchKnn):
+    """patch_knn on unpooled features (`pool=1`): the second scale of the survey's reading.
+
+    The 3x3 pooling of patch_knn averages away defects a few pixels across; unpooled features keep them but
+    respond more to normal detail. Alone it is not better than patch_knn on categories it was not chosen on;
+    the survey adds the two raw scores (`agent.survey_fusion`). It shares patch_knn's backbone pass.
+    """
+
+    name = "patch_knn_fine"
+    description = (
+        "patch_knn on unpooled features (finer detail: defects a few pixels across): calibrated anomaly score, "
+        "anomaly map and regions against the normal references. Needs at least one normal reference."
+    )
+
+    def __init__(self, config: PatchKnnConfig | None = None) -> None:
+        super().__init__(config or FINE_CONFIG)
 
 
 def check_config(cfg: PatchKnnConfig) -> PatchKnnConfig:

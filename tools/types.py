@@ -67,6 +67,9 @@ class Evidence(BaseModel):
             references are from each other), None where the tool has no such scale.
         log_odds: the calibrated score's unbounded log-odds (keeps the order beyond a score of 1.0), or None.
         known_defect: when a labelled anomalous example raised the score, which one and by how much.
+        calibration: how the references calibrated `score` ("leave-one-out", "augmented copies"), or None.
+        reference_scores: the references' own raw scores behind that calibration (same units as
+            `raw_score`), or empty.
         elapsed_ms: wall time of the call.
         error: set when the call failed; then score is None.
     """
@@ -82,6 +85,8 @@ class Evidence(BaseModel):
     map_path: str | None = None
     image_ids: list[str] = Field(default_factory=list)
     known_defect: KnownDefect | None = None
+    calibration: str | None = None
+    reference_scores: list[float] = Field(default_factory=list)
     elapsed_ms: float = 0.0
     error: str | None = None
 

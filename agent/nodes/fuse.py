@@ -6,7 +6,7 @@ import time
 
 from agent.explain import cite_fusion, headline, templated_explanation
 from agent.fusion import fuse as fuse_scores
-from agent.fusion import split_by_image
+from agent.fusion import split_by_image, without_survey_parts
 from agent.runtime import AgentRuntime
 from agent.schemas import Region, Usage, Verdict
 from agent.state import State
@@ -44,7 +44,9 @@ def query_evidence_for_fusion(evidence: list[Evidence], on_query: set[str]) -> l
 
 
 def _tool_regions(evidence: list[Evidence]) -> list[Region]:
-    scored = [e for e in evidence if e.score is not None and e.regions and not e.error]
+    """The regions of the highest-scoring evidence; the survey's reading stands for its parts
+    (`agent.fusion.without_survey_parts`), so its regions are the ones its own rule picked."""
+    scored = [e for e in without_survey_parts(evidence) if e.score is not None and e.regions and not e.error]
     if not scored:
         return []
     best = max(scored, key=lambda e: e.score)

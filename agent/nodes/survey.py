@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from agent.runtime import AgentRuntime, mode_note, require_references_or_model
+from agent.runtime import SURVEY_ONLY_TOOLS, AgentRuntime, mode_note, require_references_or_model
 from agent.state import State
 from agent.survey_fusion import survey_evidence
 from tools.base import ToolError
@@ -45,6 +45,7 @@ def survey(state: State, *, rt: AgentRuntime) -> dict:
     dumped = [ev.model_dump(mode="json") for ev in evidence]
     return {
         "evidence": dumped,
-        "tool_calls": state.get("tool_calls", 0) + len(names),
+        # the second scale is part of patch_knn's reading: it does not use up the model's tool budget
+        "tool_calls": state.get("tool_calls", 0) + len([n for n in names if n not in SURVEY_ONLY_TOOLS]),
         "timings": {"survey_ms": (time.perf_counter() - start) * 1000.0},
     }

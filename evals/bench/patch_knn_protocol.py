@@ -89,7 +89,7 @@ def _auroc(labels, scores) -> float | None:
 
 
 def _drop_query_features(ctx) -> None:
-    for key in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == "patch_knn:feat" and k[-1] == "query"]:
+    for key in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] in ("patch_knn:feat", "patch_knn:maps") and k[-1] == "query"]:
         del ctx.cache[key]
 
 

@@ -29,10 +29,11 @@ def test_agent_tool_loop_and_logprob_score_over_http(tmp_path):
     assert v.status == "ok", v.error
     assert v.score_source == "logprobs" and v.pred_label == "anomalous"
     assert v.model_id == srv.models[0]
-    assert [e.tool for e in v.evidence][:2] == ["patch_knn", "zoom"]
+    assert [e.tool for e in v.evidence][:4] == ["patch_knn", "patch_knn_fine", "survey", "zoom"]
     first = requests[0]
     assert first.system_count == 1
     assert {"zoom", "patch_knn", "reference_diff"} <= set(first.tool_names)
+    assert "patch_knn_fine" not in first.tool_names  # the survey's second scale is not offered to the model
     assert len(first.images) >= 2 and all(hasattr(img, "shape") for img in first.images)  # query + refs decode
     second = requests[1]
     tool_msgs = [m for m in second.messages if m.get("role") == "tool"]

@@ -39,7 +39,7 @@ def test_plan_zoom_then_reference_diff_then_decide(images):
     assert v.status == "ok", v.error
     assert v.pred_label == "anomalous" and v.score_source == "logprobs"
     tools = [e.tool for e in v.evidence]
-    assert tools[:3] == ["patch_knn", "zoom", "reference_diff"]
+    assert tools[:5] == ["patch_knn", "patch_knn_fine", "survey", "zoom", "reference_diff"]
     assert v.usage.model_calls == 4 and v.usage.tool_calls == 3
     assert v.regions[0].bbox_xyxy == DEFECT_BOX
     assert "patch_knn" in v.explanation and "fused score" in v.explanation

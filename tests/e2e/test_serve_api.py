@@ -95,7 +95,9 @@ def test_streamed_detect(server):
     names = [e[0] for e in events]
     assert names[0] == "started" and names[-2:] == ["verdict", "done"]
     assert names.index("survey_started") < names.index("tool") < names.index("verdict")
-    tool = dict(events)["tool"]
+    tools = {data["tool"]: data for name, data in events if name == "tool"}
+    assert list(tools) == ["patch_knn", "patch_knn_fine", "survey"]  # the two scales, then their reading
+    tool = tools["patch_knn"]
     assert tool["tool"] == "patch_knn" and "patch_knn compared" in tool["summary"]
     assert dict(events)["verdict"]["record"]["pred_label"] == "anomalous"
 

@@ -29,6 +29,8 @@ print(json.dumps({"stats": dict(bank_store.stats), "score": v.pred_score, "statu
 
 
 def _detect(paths, home: Path, **settings) -> tuple[dict, str]:
+    """One detect in a fresh process; the survey's second scale is off, so one bank is built per setting."""
+    settings = {"survey_fine_scale": False, **settings}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_AGENT_")}
     env["ANOMALY_AGENT_HOME"] = str(home)
     done = subprocess.run([sys.executable, "-c", DETECT, str(paths["bad"]), str(paths["refs"]), json.dumps(settings)],

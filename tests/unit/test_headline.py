@@ -43,3 +43,22 @@ def test_near_the_threshold_it_says_borderline():
     ev = [_ev(0.55, 1.2)]
     text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=4, category="tile")
     assert text.startswith("Anomalous, borderline:")
+
+
+def test_two_scales_speak_with_their_sums_ratio_and_the_region_of_the_scale_that_sees_more():
+    from agent.survey_fusion import survey_evidence
+    from tools.patch_knn import calibrate_edge
+
+    def scale(tool, raw, box):
+        normal = [1.0, 0.9, 1.1, 1.0]
+        cal = calibrate_edge(normal, "leave-one-out")
+        return Evidence(tool=tool, score=cal(raw), raw_score=raw, normal_ratio=raw, log_odds=cal.log_odds(raw),
+                        calibration="leave-one-out", reference_scores=normal,
+                        regions=[Region(bbox_xyxy=box, score=raw)], args={"image_id": "query", "stage": "survey"})
+
+    # a small hole: the pooled scale sees only the frame (bottom-left), the unpooled one the hole (centre)
+    parts = [scale("patch_knn", 0.97, (10, 160, 40, 190)), scale("patch_knn_fine", 1.6, (90, 90, 110, 110))]
+    ev = [*parts, survey_evidence(parts, "query", 4)]
+    text = headline(fuse(ev), ev, 0.5, width=200, height=200, n_references=4, category="fabric")
+    assert text.startswith("Anomalous, clearly: the centre of the fabric differs from all 4 good references "
+                           "1.3 times as much as they differ from each other (score"), text  # (0.97 + 1.6) / 2

@@ -65,3 +65,42 @@ def test_final_fusion_counts_the_survey_reading_once():
     assert [t.source for t in result.terms] == ["survey"]
     assert abs(result.score - survey.score) < 1e-9
     assert "beyond its edge" in survey.summary and "weight 0.5" in survey.summary
+
+
+def _scale(tool: str, raw: float, normal: list[float], how: str = "leave-one-out") -> Evidence:
+    from tools.patch_knn import calibrate_edge
+
+    cal = calibrate_edge(normal, how)
+    return Evidence(tool=tool, score=cal(raw), raw_score=raw, log_odds=cal.log_odds(raw), calibration=how,
+                    reference_scores=normal, args={"image_id": "query", "stage": "survey"})
+
+
+def test_two_scales_sum_their_raw_scores_and_calibrate_on_the_references_sums():
+    from agent.survey_fusion import SCALE_EDGE, SCALES_TOOL
+    from tools.patch_knn import calibrate_edge
+
+    pk = _scale("patch_knn", 1.30, [0.9, 1.0, 1.1, 1.0])
+    fine = _scale("patch_knn_fine", 0.95, [1.0, 1.0, 0.9, 1.1])
+    terms = survey_terms([pk, fine])
+    assert [t.tool for t in terms] == [SCALES_TOOL]
+    cal = calibrate_edge([1.9, 2.0, 2.0, 2.1], "leave-one-out", SCALE_EDGE["leave-one-out"])
+    assert terms[0].score == cal(2.25) and terms[0].ratio == 2.25 / 2.0
+    survey = survey_evidence([pk, fine], "query", 4)
+    assert survey.raw_score == 2.25 and survey.reference_scores == [1.9, 2.0, 2.0, 2.1]
+    assert survey.normal_ratio == 2.25 / 2.0 and survey.calibration == "leave-one-out"
+    assert "patch_knn and patch_knn_fine summed" in survey.summary and "1.12x the references' own" in survey.summary
+    # the reading rises with either scale's raw score
+    higher = survey_evidence([pk, _scale("patch_knn_fine", 1.2, [1.0, 1.0, 0.9, 1.1])], "query", 4)
+    assert higher.score > survey.score
+    # the map and regions stay patch_knn's
+    assert survey.map_path == pk.map_path
+
+
+def test_two_scales_not_calibrated_alike_fall_back_to_patch_knn_alone():
+    pk = _scale("patch_knn", 1.30, [0.9, 1.0, 1.1, 1.0])
+    single = _scale("patch_knn_fine", 0.95, [1.0, 1.0, 0.9], "augmented copies")
+    terms = survey_terms([pk, single])
+    assert [(t.tool, t.weight) for t in terms] == [("patch_knn", 1.0), ("patch_knn_fine", 0.0)]
+    survey = survey_evidence([pk, single], "query", 4)
+    assert survey.score == fused_score([SurveyTerm("patch_knn", pk.score, 1.0, "base", pk.log_odds)])
+    assert survey.normal_ratio is None and "not counted without patch_knn's scale" in survey.summary
