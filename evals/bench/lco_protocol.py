@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -185,7 +186,8 @@ def latency(images: dict, rule: tuple) -> dict:
                 scales = rule[0] == "scales" or rule[4]
                 used = ["patch_knn", *(["patch_knn_fine"] if scales else [])]
                 used += [t for t, w in zip(OTHER_TOOLS, rule[1:3], strict=True) if w > 0] if rule[0] != "scales" else []
-                per[(cat, k)].append(sum(r[t][2] for t in used))
+                # a tool that was not collected (`--tool`) makes the candidate unmeasured: never fast enough
+                per[(cat, k)].append(sum(r[t][2] if t in r else math.inf for t in used))
     return {key: statistics.median(v) for key, v in per.items()}
 
 
