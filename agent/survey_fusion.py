@@ -157,12 +157,12 @@ def scales_term(base: Evidence, fine: Evidence) -> SurveyTerm | None:
                       "calibrated on the references' own sums", cal.log_odds(raw), ratio, detail)
 
 
-def scales_lead(by_tool: dict[str, Evidence]) -> str:
-    """Whose map and regions the two scales' reading shows: patch_knn's, unless patch_knn alone is within its
-    normal range and patch_knn_fine alone is beyond its edge (a defect only the unpooled features see).
-    Chosen on fold dev by pixel AUROC: the scale with the higher score every time cost magnetic_tile 0.03."""
-    base, fine = by_tool[BASE_TOOL], by_tool[FINE_TOOL]
-    return FINE_TOOL if float(base.score) < 0.5 <= float(fine.score) else BASE_TOOL
+def scales_lead(base_score: float, fine_score: float) -> str:
+    """Whose map and regions the two scales' reading shows, from each scale's own calibrated score: patch_knn's,
+    unless patch_knn alone is within its normal range and patch_knn_fine alone is beyond its edge (a defect only
+    the unpooled features see). Chosen on fold dev by pixel AUROC: the scale with the higher score every time
+    cost magnetic_tile 0.03."""
+    return FINE_TOOL if float(base_score) < 0.5 <= float(fine_score) else BASE_TOOL
 
 
 def survey_terms(evidence: list[Evidence], n_references: int = 2,
@@ -193,16 +193,16 @@ def survey_evidence(evidence: list[Evidence], query_id: str, n_references: int =
     counted = [t for t in terms if t.base or (t.weight > 0 and t.score > 0.5)]
     lead = max(counted, key=lambda t: t.contribution, default=None)
     lead_tool = lead.tool if lead else None
+    by_tool = {ev.tool: ev for ev in evidence}
     if lead_tool == SCALES_TOOL:
-        lead_tool = scales_lead({ev.tool: ev for ev in evidence})
+        lead_tool = scales_lead(by_tool[BASE_TOOL].score, by_tool[FINE_TOOL].score)
     lead_ev = next((ev for ev in evidence if ev.tool == lead_tool), None)
     failed = [f"{ev.tool} failed ({ev.error}) and is not counted" for ev in evidence if ev.error]
     weights = "; ".join(f"{t.tool}: weight {t.weight:g}, {t.reason}" for t in terms)
     summary = " ".join([describe(terms, score), f"Weights: {weights}.", *(f + "." for f in failed)])
     scales = {}  # the two scales' reading in the survey's evidence: raw, ratio and what calibrated it
     if any(t.tool == SCALES_TOOL for t in terms):
-        by_tool = {ev.tool: ev for ev in evidence}
-        raw, normal, cal = scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
+        raw, normal, _ = scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
         scales = {"raw_score": raw, "normal_ratio": next(t.ratio for t in terms if t.tool == SCALES_TOOL),
                   "calibration": by_tool[BASE_TOOL].calibration, "reference_scores": normal}
     return Evidence(

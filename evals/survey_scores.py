@@ -56,6 +56,7 @@ def methods() -> dict:
 def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, configs: dict | None = None) -> None:
     """Write the split's lines to `out` (a text file); `configs`: the patch_knn configurations measured (name ->
     PatchKnnConfig; default `methods()`)."""
+    from agent.survey_fusion import scales_lead
     from evals.datasets import select_references
     from tools.base import ToolContext, ToolSettings
     from tools.images import ImageStore
@@ -98,9 +99,8 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, 
                         small[name] = _small(res.anomaly_map, cv2.INTER_AREA).ravel()
                         pixels[name][0].append(masks[tid].ravel())
                         pixels[name][1].append(small[name])
-                if {"patch_knn", SHARES_BACKBONE} <= set(small):  # the survey's map (`scales_lead`)
-                    pk_alone, fine_alone = rows[tid]["patch_knn"][1], rows[tid][SHARES_BACKBONE][1]
-                    lead = SHARES_BACKBONE if pk_alone < 0.5 <= fine_alone else "patch_knn"
+                if {"patch_knn", SHARES_BACKBONE} <= set(small):  # the survey's map
+                    lead = scales_lead(rows[tid]["patch_knn"][1], rows[tid][SHARES_BACKBONE][1])
                     pixels["scales"][0].append(masks[tid].ravel())
                     pixels["scales"][1].append(small[lead])
             for name, (ys, ps) in pixels.items():

@@ -71,6 +71,11 @@ def _candidates() -> dict[str, tuple]:
 CANDIDATES = _candidates()
 
 
+def calibration_of(k: int) -> str:
+    """How patch_knn calibrates with k references: "leave-one-out" (k >= 2) or "augmented copies"."""
+    return "leave-one-out" if k >= 2 else "augmented copies"
+
+
 def log_odds(row: dict, tool: str) -> float:
     """The tool's unbounded log-odds on the image, (raw - edge) / spread, from its references' calibration."""
     from tools.calibration import Z_EDGE, Calibrator
@@ -79,7 +84,7 @@ def log_odds(row: dict, tool: str) -> float:
     meta = row["_set"]
     raw = row[tool][0]
     if tool in ("patch_knn", "patchcore"):
-        cal = PatchKnn._calibrate(meta[f"{tool}:normal"], "leave-one-out" if row["k"] >= 2 else "augmented copies")
+        cal = PatchKnn._calibrate(meta[f"{tool}:normal"], calibration_of(row["k"]))
     else:
         center, spread, n = meta[f"{tool}:calibrator"]
         cal = Calibrator(center, spread, n)
@@ -93,7 +98,7 @@ def scales_log_odds(row: dict, edge: float | None = None) -> float:
     from tools.patch_knn import calibrate_edge
 
     meta = row["_set"]
-    how = "leave-one-out" if row["k"] >= 2 else "augmented copies"
+    how = calibration_of(row["k"])
     normal = [a + b for a, b in zip(meta["patch_knn:normal"], meta[f"{FINE_TOOL}:normal"], strict=True)]
     cal = calibrate_edge(normal, how, SCALE_EDGE[how] if edge is None else edge)
     return cal.log_odds(row["patch_knn"][0] + row[FINE_TOOL][0])
@@ -183,9 +188,11 @@ def latency(images: dict, rule: tuple) -> dict:
             elif rule[0] == "base":
                 per[(cat, k)].append(r["patch_knn"][2])
             else:
-                scales = rule[0] == "scales" or rule[4]
-                used = ["patch_knn", *(["patch_knn_fine"] if scales else [])]
-                used += [t for t, w in zip(OTHER_TOOLS, rule[1:3], strict=True) if w > 0] if rule[0] != "scales" else []
+                if rule[0] == "scales":
+                    used = ["patch_knn", "patch_knn_fine"]
+                else:
+                    used = ["patch_knn", *(["patch_knn_fine"] if rule[4] else []),
+                            *(t for t, w in zip(OTHER_TOOLS, rule[1:3], strict=True) if w > 0)]
                 # a tool that was not collected (`--tool`) makes the candidate unmeasured: never fast enough
                 per[(cat, k)].append(sum(r[t][2] if t in r else math.inf for t in used))
     return {key: statistics.median(v) for key, v in per.items()}
@@ -195,7 +202,7 @@ def choose_edge(dev_images: dict, k: int, exclude: str | None) -> float:
     """The two scales' edge factor (`SCALE_EDGES`, for k's calibration) with the best mean recall - FPR at the
     default threshold over the dev categories other than `exclude`, among those whose mean FPR there is at most
     MAX_MEAN_FPR (none: the strictest factor; ties: the first)."""
-    how = "leave-one-out" if k >= 2 else "augmented copies"
+    how = calibration_of(k)
     rows = {key: v for key, v in dev_images.items() if key[1] == k and key[0] != exclude}
     if not rows:
         return max(SCALE_EDGES[how])
@@ -329,9 +336,8 @@ def _edge_report(dev_images: dict, test_images: dict, cats: list[str], ks) -> No
 
     print("\nthe two scales' edge factor, leave-category-out (recall / FPR on fold test; patch_knn alone after it):")
     for k in ks:
-        how = "leave-one-out" if k >= 2 else "augmented copies"
         print(f"  k={k}: chosen on every dev category {choose_edge(dev_images, k, None):g} "
-              f"(shipped: {SCALE_EDGE[how]:g})")
+              f"(shipped: {SCALE_EDGE[calibration_of(k)]:g})")
         rec, fpr = [], []
         for cat in cats:
             edge = choose_edge(dev_images, k, cat)
