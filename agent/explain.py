@@ -176,6 +176,25 @@ def headline(fusion: FusionResult, evidence: list[Evidence], threshold: float, *
     return f"Normal, {sure}: {thing} is within what {refs} {verb}{within} {numbers}."
 
 
+def hard_normal_note(evidence: list[Evidence], label: str, threshold: float, examples: list[str]) -> str:
+    """When the tools' reading is normal only because the inspector's hard normals widened the references: a
+    sentence saying so, what the reading would be without them, and how to undo them ("" otherwise).
+
+    `evidence`: the query's (the survey's reading, else patch_knn's, speaks); `examples`: the hard normals'
+    memory example ids, to name in the undo command.
+    """
+    ev = next((e for e in evidence if e.tool == "survey" and e.hard_normals is not None), None) or next(
+        (e for e in evidence if e.tool == "patch_knn" and e.hard_normals is not None and not e.error), None)
+    if label != "normal" or ev is None or ev.hard_normals.score_without < threshold:
+        return ""
+    hard = ev.hard_normals
+    which = f" ({', '.join(examples)})" if examples else ""
+    return (f"Normal because of the inspector's feedback: without the {hard.n} image(s) marked as false alarms"
+            f"{which} that joined the references, the tools' reading would be {hard.score_without:.2f}, anomalous at "
+            f"threshold {threshold:.2f}; it resembles what they show. If one of them was a defect after all, remove "
+            "it from memory (`anomaly-agent memory remove ID`, or DELETE /v1/memory/examples/ID).")
+
+
 def templated_explanation(fusion: FusionResult, evidence: list[Evidence], threshold: float,
                           first: str = "") -> str:
     """The explanation when no model speaks: the plain-words `first` sentence (`headline`), the verdict's

@@ -27,6 +27,10 @@ patch_knn's own reading (up to the asinh map) when no other tool flags. Weights 
 leave-category-out on the realsets dev folds and the synthetic set (`evals.bench.lco_protocol`), from a
 grid declared there; each weight's reason is recorded in the survey evidence. A tool that failed is
 listed and not counted.
+
+**Hard normals.** When false alarms the inspector marked normal widen the references' bank, each scale also
+reports its score without them (`Evidence.hard_normals`); the survey fuses those the same way
+(`without_hard_normals`), so the verdict can say when it is normal only because of that feedback.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 
 from agent.fusion import _logit, to_score
 from tools.calibration import Calibrator
-from tools.types import Evidence
+from tools.types import Evidence, HardNormals
 
 BASE_TOOL = "patch_knn"
 FINE_TOOL = "patch_knn_fine"  # the second scale, summed into the base reading
@@ -205,9 +209,36 @@ def survey_evidence(evidence: list[Evidence], query_id: str, n_references: int =
         raw, normal, _ = scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
         scales = {"raw_score": raw, "normal_ratio": next(t.ratio for t in terms if t.tool == SCALES_TOOL),
                   "calibration": by_tool[BASE_TOOL].calibration, "reference_scores": normal}
+    hard = without_hard_normals(evidence, n_references, weights)
+    if hard is not None:
+        summary += (f" Without the {hard.n} reference(s) the inspector marked as false alarms the reading would be "
+                    f"{hard.score_without:.2f}.")
     return Evidence(
         tool=SURVEY_TOOL, args={"image_id": query_id, "tools": [ev.tool for ev in evidence]},
         score=score, regions=list(lead_ev.regions) if lead_ev else [], summary=summary,
-        map_path=lead_ev.map_path if lead_ev else None,
+        map_path=lead_ev.map_path if lead_ev else None, hard_normals=hard,
         elapsed_ms=sum(ev.elapsed_ms for ev in evidence), **scales,
     )
+
+
+def without_hard_normals(evidence: list[Evidence], n_references: int = 2,
+                         weights: dict[str, float] | None = None) -> HardNormals | None:
+    """The survey's reading had the hard normals not widened the bank: each tool that reported its score
+    without them (`Evidence.hard_normals`) counts with that score, fused as `survey_evidence` fuses; None when
+    no tool did."""
+    hard = [ev.hard_normals for ev in evidence if ev.hard_normals is not None and not ev.error]
+    if not hard:
+        return None
+    n = max(h.n for h in hard)
+    others = [ev.model_copy(update={"raw_score": h.raw_without, "score": h.score_without, "log_odds": None,
+                                    "reference_scores": h.reference_scores_without, "hard_normals": None})
+              if (h := ev.hard_normals) is not None else ev for ev in evidence]
+    terms = survey_terms(others, max(n_references - n, 1), weights)
+    by_tool = {ev.tool: ev for ev in others}
+    reading = (scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
+               if any(t.tool == SCALES_TOOL for t in terms) else None)
+    base = by_tool.get(BASE_TOOL)
+    raw, normal = (reading[0], reading[1]) if reading else ((base.raw_score, base.reference_scores) if base
+                                                            else (None, []))
+    return HardNormals(n=n, raw_without=float(raw or 0.0), score_without=fused_score(terms),
+                       reference_scores_without=[float(v) for v in normal])

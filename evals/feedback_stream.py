@@ -16,7 +16,8 @@ of the first and the second half of the stream, with and without feedback, with 
 the counts pooled over seeds; and the error curve (running error over the stream) for the HTML report.
 Each row of `feedback_stream.json` also holds the image's defect type and, when a labelled anomaly raised its
 score, `known_defect` (the example, the boost ratio, the raw score before and after): what feedback did to
-each image can be read back without re-running.
+each image can be read back without re-running; and, when hard normals were among the references,
+`hard_normals` (how many, and the survey's score without them).
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ def run_stream(category, order, feedback: bool, threads: int, shots: int = 4) ->
                                          run_id=f"stream-{len(rows)}", defect_type=sample.defect_type)
                 given = result.message
             known = next((ev.known_defect for ev in verdict.evidence if ev.known_defect is not None), None)
+            hard = next((ev.hard_normals for ev in sorted(verdict.evidence, key=lambda e: e.tool != "survey")
+                         if ev.hard_normals is not None), None)
             rows.append({"image": Path(sample.path).name, "truth": truth, "defect": sample.defect_type,
                          "pred": verdict.pred_label, "score": verdict.pred_score, "threshold": verdict.threshold,
                          "status": verdict.status, "wrong": wrong, "feedback": given,
-                         "known_defect": known.model_dump() if known is not None else None})
+                         "known_defect": known.model_dump() if known is not None else None,
+                         "hard_normals": hard.model_dump() if hard is not None else None})
         store.close()
     return rows
 
@@ -175,6 +179,23 @@ def print_table(table: list[dict], fold: str) -> None:
               f"{t['second_fpr']:.2f} {ci('second_fpr_ci')} | {ratio} |")
 
 
+def taught_normal(rows: list[dict]) -> tuple[int, int]:
+    """(verdicts normal only because hard normals widened the references, how many of them were defects): the
+    survey's score without the hard normals (`hard_normals`) was at or above the verdict's threshold."""
+    taught = [r for r in rows if r.get("hard_normals") and r["pred"] == "normal"
+              and r["hard_normals"]["score_without"] >= r["threshold"]]
+    return len(taught), sum(r["truth"] == "anomalous" for r in taught)
+
+
+def print_taught(runs: list[dict]) -> None:
+    """Per category, over the seeds with feedback: the verdicts the hard normals made normal, and the defects among
+    them (a hard normal that hides a defect; the explanation names it, `agent.explain.hard_normal_note`)."""
+    print("\nverdicts normal only because of hard normals (with feedback, all seeds): n (defects among them)")
+    for cat in dict.fromkeys(r["category"] for r in runs):
+        counts = [taught_normal(r["rows"]) for r in runs if r["category"] == cat and r["feedback"]]
+        print(f"- {cat}: {sum(n for n, _ in counts)} ({sum(d for _, d in counts)})")
+
+
 def write_html(result: dict, path: Path, fold: str) -> None:
     """A small page: the table and each category's running error curve (seed 0), with and without feedback."""
     import html
@@ -205,6 +226,7 @@ def run_cli(categories, seeds: list[int], out: Path, fold: str, threads: int = 2
     """`eval --feedback-stream`: run, print the table, write feedback_stream.json and .html under `out`."""
     result = evaluate(categories, seeds, threads, log=lambda m: print(m, file=sys.stderr, flush=True), shots=shots)
     print_table(result["table"], fold)
+    print_taught(result["runs"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "feedback_stream.json").write_text(json.dumps(result, indent=1, default=str))
     write_html(result, out / "feedback_stream.html", fold)

@@ -64,7 +64,7 @@ from tools.calibration import ratio_to_normal as _ratio
 from tools.defect_bank import Boost
 from tools.maps import resize_map, top_regions, write_map_png
 from tools.registry import register
-from tools.types import KnownDefect
+from tools.types import HardNormals, KnownDefect
 
 AUGMENTS = ("none", "flips", "d4")
 EDGE_LOO = 1.15  # k >= 2: the edge of normal is at most this times the references' median score
@@ -508,6 +508,7 @@ class PatchKnnResult:
     grid_shape: tuple[int, int] = (0, 0)
     known: Boost | None = None  # what the known defects did (None: no labelled anomaly to compare with)
     plain_raw: float | None = None  # the raw score before the known defects' boost
+    hard_normals: HardNormals | None = None  # the score without the hard normals (None: none among the references)
 
     def known_defect(self) -> KnownDefect | None:
         """The labelled anomaly that raised the score and by how much (None: none did)."""
@@ -530,6 +531,8 @@ class PatchKnnOutput(ToolOutput):
     edge_of_normal: float = Field(description="raw score whose calibrated score is 0.5")
     choices: list[str] = Field(default_factory=list, description="what was chosen for these references, and why")
     known_defect: KnownDefect | None = Field(None, description="the labelled anomaly that raised the score, if any")
+    hard_normals: HardNormals | None = Field(None, description="the score without the references the inspector "
+                                             "marked as false alarms, when any are among them")
 
 
 class PatchKnnInput(ToolInput):
@@ -591,11 +594,14 @@ class PatchKnn(Tool):
             ctx.cache[key] = feats
         return feats
 
-    def reference_bank(self, ctx: ToolContext) -> ReferenceBank:
-        """The cached bank for the session's references (built on first use)."""
+    def reference_bank(self, ctx: ToolContext, without_hard_normals: bool = False) -> ReferenceBank:
+        """The cached bank for the session's references (built on first use); `without_hard_normals`: of the
+        references other than the hard normals (`ToolContext.bank_only_ids`) alone."""
         self.setup(ctx)
         assert self.backbone is not None
         ref_ids = ctx.require_references(self.name)
+        if without_hard_normals:
+            ref_ids = [i for i in ref_ids if i not in ctx.bank_only_ids]
         refs = [ctx.images.get(i) for i in ref_ids]
         calibrate = [i not in ctx.bank_only_ids for i in ref_ids]
         key = ("patch_knn:bank", self.backbone.model_id, self.config.key(), tuple(r.digest for r in refs),
@@ -729,6 +735,24 @@ class PatchKnn(Tool):
         image_id = ctx.require_image(image_id)
         bank = self.reference_bank(ctx)
         img = ctx.images.get(image_id)
+        grid, boost, plain = self._grid(ctx, img, bank)
+        raw = image_score(grid, self.config.topk, self.config.border)
+        cell = img.width / grid.shape[1]
+        amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
+        without = None
+        ref_ids = ctx.require_references(self.name)
+        hard = [i for i in ref_ids if i in ctx.bank_only_ids]
+        if hard and len(hard) < len(ref_ids):
+            other = self.reference_bank(ctx, without_hard_normals=True)
+            raw_without = image_score(self._grid(ctx, img, other)[0], self.config.topk, self.config.border)
+            without = HardNormals(n=len(hard), raw_without=float(raw_without),
+                                  score_without=float(other.calibrator(raw_without)),
+                                  reference_scores_without=[float(v) for v in other.normal_scores])
+        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape), boost, plain, without)
+
+    def _grid(self, ctx: ToolContext, img, bank: ReferenceBank) -> tuple[np.ndarray, Boost | None, float]:
+        """(the image's gh x gw patch-score grid against `bank`, raised by the known defects unless it is one of
+        them; what the known defects did, or None; its raw score before them)."""
         size = working_size(img.height, img.width, self.config, bank.ref_long_side)
         feats = self._features(ctx, img.pixels, img.digest, size, "query")
         grid = bank.grid(feats)
@@ -738,10 +762,7 @@ class PatchKnn(Tool):
         if known is not None and img.digest not in {ctx.images.get(i).digest for i, _ in ctx.known_defects}:
             boost = defect_bank.boost(bank, known, feats, grid)
             grid = boost.grid
-        raw = image_score(grid, self.config.topk, self.config.border)
-        cell = img.width / grid.shape[1]
-        amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
-        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape), boost, plain)
+        return grid, boost, plain
 
     def defect_bank(self, ctx: ToolContext, bank: ReferenceBank) -> defect_bank.DefectBank | None:
         """The bank of the context's labelled anomalous examples (`ctx.known_defects`) against `bank`, cached;
@@ -750,7 +771,7 @@ class PatchKnn(Tool):
             return None
         examples = [(ctx.images.get(i), name) for i, name in ctx.known_defects]
         key = ("patch_knn:defects", self.backbone.model_id, self.config.key(),
-               tuple(r.digest for r in (ctx.images.get(i) for i in ctx.reference_ids)), bank.edge,
+               tuple(r.digest for r in (ctx.images.get(i) for i in ctx.reference_ids)), bank.edge, bank.n_refs,
                tuple((img.digest, name) for img, name in examples))
         found = ctx.cache.get(key)
         if found is None:
@@ -818,6 +839,7 @@ class PatchKnn(Tool):
             edge_of_normal=round(bank.edge, 4),
             choices=list(bank.choices),
             known_defect=res.known_defect(),
+            hard_normals=res.hard_normals,
         ).with_map(amap)
 
     def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
@@ -862,6 +884,10 @@ class PatchKnn(Tool):
                 f"that defect's patches than to any normal patch, which raised the raw score from "
                 f"{res.plain_raw:.3f} to {res.raw_score:.3f}."
             )
+        hard = res.hard_normals
+        if hard is not None:
+            text += (f" Without the {hard.n} reference(s) the inspector marked as false alarms it would score "
+                     f"{hard.score_without:.2f} (raw {hard.raw_without:.3f}).")
         if bank.choices:
             text += " Chosen for these references: " + "; ".join(bank.choices) + "."
         return text

@@ -50,6 +50,22 @@ class KnownDefect(BaseModel):
     raw_after: float
 
 
+class HardNormals(BaseModel):
+    """What the inspector's hard normals (false alarms marked normal, which widen the bank) did to a score.
+
+    Attributes:
+        n: how many of the references were hard normals.
+        raw_without: the tool's raw score against the other references alone.
+        score_without: its calibrated score then (against those references' own calibration).
+        reference_scores_without: those references' own raw scores behind that calibration.
+    """
+
+    n: int
+    raw_without: float
+    score_without: float
+    reference_scores_without: list[float] = Field(default_factory=list)
+
+
 class Evidence(BaseModel):
     """One tool call's measured result, as the agent records it.
 
@@ -67,6 +83,7 @@ class Evidence(BaseModel):
             references are from each other), None where the tool has no such scale.
         log_odds: the calibrated score's unbounded log-odds (keeps the order beyond a score of 1.0), or None.
         known_defect: when a labelled anomalous example raised the score, which one and by how much.
+        hard_normals: when hard normals were among the references, the score without them.
         calibration: how the references calibrated `score` ("leave-one-out", "augmented copies"), or None.
         reference_scores: the references' own raw scores behind that calibration (same units as
             `raw_score`), or empty.
@@ -85,6 +102,7 @@ class Evidence(BaseModel):
     map_path: str | None = None
     image_ids: list[str] = Field(default_factory=list)
     known_defect: KnownDefect | None = None
+    hard_normals: HardNormals | None = None
     calibration: str | None = None
     reference_scores: list[float] = Field(default_factory=list)
     elapsed_ms: float = 0.0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from agent.explain import cite_fusion, headline, templated_explanation
+from agent.explain import cite_fusion, hard_normal_note, headline, templated_explanation
 from agent.fusion import fuse as fuse_scores
 from agent.fusion import split_by_image, without_survey_parts
+from agent.nodes.memory import is_hard_normal
 from agent.runtime import AgentRuntime
 from agent.schemas import Region, Usage, Verdict
 from agent.state import State
@@ -83,6 +84,10 @@ def fuse(state: State, *, rt: AgentRuntime) -> dict:
                          height=query.height, n_references=len(res.ctx.reference_ids), category=state.get("category"))
         explanation = templated_explanation(result, evidence, threshold, first)
         source = "tools"
+    hard_ids = [e["example"]["id"] for e in state.get("memory_examples") or [] if is_hard_normal(e["example"])]
+    taught = hard_normal_note(query_evidence_for_fusion(evidence, on_query), result.label, threshold, hard_ids)
+    if taught:
+        explanation += " " + taught
     if state.get("model_error"):
         explanation += f" (The model's verdict was invalid even after one repair, so the tools decided alone: {state['model_error']})"
     if state.get("budget_exhausted"):

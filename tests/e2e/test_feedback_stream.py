@@ -61,3 +61,18 @@ def test_the_stream_gives_the_truth_after_wrong_verdicts_and_learns_the_defect(t
     first, second = halves(with_fb)
     assert first["n"] + second["n"] == len(order)
     assert not home.exists() or not any(home.rglob("*operating-points*"))  # the user's memory is untouched
+
+
+def test_the_stream_counts_the_verdicts_hard_normals_made_normal_and_the_defects_among_them():
+    from evals.feedback_stream import taught_normal
+
+    def row(truth, pred, threshold, without):
+        return {"truth": truth, "pred": pred, "threshold": threshold,
+                "hard_normals": None if without is None else {"n": 1, "score_without": without}}
+
+    rows = [row("anomalous", "normal", 0.5, 0.7),  # hidden by a hard normal: a defect
+            row("normal", "normal", 0.5, 0.6),  # a false alarm the hard normal fixed
+            row("normal", "normal", 0.62, 0.55),  # normal without them too
+            row("anomalous", "anomalous", 0.5, 0.9),  # flagged anyway
+            row("normal", "normal", 0.5, None)]  # no hard normal among the references
+    assert taught_normal(rows) == (2, 1)

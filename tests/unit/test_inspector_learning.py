@@ -166,3 +166,64 @@ def test_with_references_from_memory_a_false_alarm_marked_normal_widens_the_bank
     assert "1 reference(s) the inspector marked as false alarms widen the bank" in pk.summary
     assert "calibrated on the other 3" in pk.summary
     store.close()
+
+
+def test_each_scale_reports_its_score_without_the_hard_normals(tmp_path):
+    from tools.patch_knn import PatchKnnFine
+
+    store = ImageStore()
+    ctx = ToolContext(store, settings=ToolSettings(device="cpu", out_dir=tmp_path))
+    originals = [store.add_array(texture(i), source=f"ref{i}", prefix="ref") for i in range(3)]
+    hard = store.add_array(_rough(40), source="hard", prefix="ref")
+    query = store.add_array(_rough(41), source="query", prefix="query")
+    for tool in (PatchKnn(), PatchKnnFine()):
+        ctx.reference_ids, ctx.bank_only_ids = originals, set()
+        alone = tool.measure(ctx, query)
+        assert alone.hard_normals is None  # no hard normal among the references: nothing to report
+        ctx.reference_ids, ctx.bank_only_ids = [*originals, hard], {hard}
+        taught = tool.measure(ctx, query)
+        assert taught.hard_normals is not None and taught.hard_normals.n == 1
+        assert taught.hard_normals.raw_without == alone.raw_score  # exactly the bank of the other references
+        assert taught.hard_normals.score_without == alone.score
+        assert taught.hard_normals.reference_scores_without == alone.bank.normal_scores
+        assert taught.score < alone.score  # the query is like the hard normal
+        out = tool.run({"image_id": query}, ctx)
+        assert out.hard_normals == taught.hard_normals
+        assert f"it would score {alone.score:.2f}" in out.summary
+    ctx.reference_ids = [hard]  # only hard normals: nothing else to compare with, nothing reported
+    assert PatchKnn().measure(ctx, query).hard_normals is None
+
+
+def test_a_verdict_that_is_normal_only_because_of_hard_normals_says_so_and_how_to_undo(tmp_path):
+    from agent import AnomalyAgent
+    from agent.feedback import record_feedback
+    from memory.store import open_store
+
+    refs = []
+    for i in range(3):
+        refs.append(tmp_path / f"ref{i}.png")
+        Image.fromarray(texture(i)).save(refs[-1])
+    rough = []
+    for seed in (40, 41, 42):
+        rough.append(tmp_path / f"rough{seed}.png")
+        Image.fromarray(_rough(seed)).save(rough[-1])
+    agent = AnomalyAgent.from_config(backend="none", device="cpu", bank_cache=False, memory_path=tmp_path / "mem",
+                                     threshold=0.9)
+    rt = agent.runtime
+    first = agent.detect(rough[2], category="tile", references=refs)
+    assert first.status == "ok", first.error
+    assert first.pred_label == "anomalous"
+    assert "because of the inspector's feedback" not in first.explanation
+    store = open_store(rt.config)
+    rt._memory, rt._memory_checked = store, True
+    ids = [record_feedback(rt, store, p, "tile", "normal", 0.95, run_id=f"r{i}").example.id
+           for i, p in enumerate(rough[:2])]
+    again = agent.detect(rough[2], category="tile", references=refs)
+    survey = next(e for e in again.evidence if e.tool == "survey")
+    assert survey.hard_normals is not None and survey.hard_normals.n == 2
+    assert survey.score < survey.hard_normals.score_without
+    assert survey.hard_normals.score_without == first.pred_score  # the same references, the same reading
+    assert again.pred_label == "normal", again.explanation
+    assert "Normal because of the inspector's feedback: without the 2 image(s)" in again.explanation
+    assert all(i in again.explanation for i in ids) and "memory remove" in again.explanation
+    store.close()

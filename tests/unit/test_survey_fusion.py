@@ -104,3 +104,37 @@ def test_two_scales_not_calibrated_alike_fall_back_to_patch_knn_alone():
     survey = survey_evidence([pk, single], "query", 4)
     assert survey.score == fused_score([SurveyTerm("patch_knn", pk.score, 1.0, "base", pk.log_odds)])
     assert survey.normal_ratio is None and "not counted without patch_knn's scale" in survey.summary
+
+
+def test_the_survey_fuses_the_scales_scores_without_the_hard_normals_as_it_fuses_their_own():
+    from tools.types import HardNormals
+
+    refs = [0.9, 1.0, 1.1, 1.0]
+    pk, fine = _scale("patch_knn", 1.10, refs), _scale("patch_knn_fine", 1.05, refs)
+    assert survey_evidence([pk, fine], "query", 5).hard_normals is None
+    # what the two scales alone would read without the hard normals: the survey of exactly those readings
+    pk_alone, fine_alone = _scale("patch_knn", 1.60, refs), _scale("patch_knn_fine", 1.40, refs)
+    pk.hard_normals = HardNormals(n=1, raw_without=1.60, score_without=pk_alone.score, reference_scores_without=refs)
+    fine.hard_normals = HardNormals(n=1, raw_without=1.40, score_without=fine_alone.score,
+                                    reference_scores_without=refs)
+    survey = survey_evidence([pk, fine], "query", 5)
+    alone = survey_evidence([pk_alone, fine_alone], "query", 4)
+    assert survey.hard_normals is not None and survey.hard_normals.n == 1
+    assert survey.hard_normals.score_without == alone.score and survey.hard_normals.raw_without == alone.raw_score
+    assert survey.hard_normals.score_without > survey.score
+    assert f"the reading would be {alone.score:.2f}" in survey.summary
+
+
+def test_the_explanation_says_when_only_hard_normals_make_a_verdict_normal():
+    from agent.explain import hard_normal_note
+    from tools.types import HardNormals
+
+    survey = Evidence(tool="survey", score=0.3,
+                      hard_normals=HardNormals(n=2, raw_without=2.6, score_without=0.8))
+    note = hard_normal_note([survey], "normal", 0.5, ["abc123", "def456"])
+    assert note.startswith("Normal because of the inspector's feedback: without the 2 image(s) marked as false "
+                           "alarms (abc123, def456)")
+    assert "would be 0.80, anomalous at threshold 0.50" in note and "memory remove" in note
+    assert hard_normal_note([survey], "anomalous", 0.5, []) == ""  # flagged anyway
+    assert hard_normal_note([survey], "normal", 0.85, []) == ""  # normal without them too
+    assert hard_normal_note([Evidence(tool="survey", score=0.3)], "normal", 0.5, []) == ""
