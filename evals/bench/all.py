@@ -30,6 +30,7 @@ BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("lco_protocol", [], ["--category", "board", "--category", "fabric", "--draws", "1", "--tool", "parts_check"]),
     ("two_scales", [], ["--category", "board", "--category", "fabric", "--draws", "1"]),
     ("big_image", [], ["--side", "4000"]),
+    ("hard_normals", [], ["--queries", "4"]),
     ("policy_cost", ["--n-train", "2", "--seed", "1"], ["--categories", "fabric", "--n-test", "4", "--n-train", "3"]),
 )
 
