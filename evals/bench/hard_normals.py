@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             f"the same {args.refs + args.hard}, none marked": (refs, set())}
     scales = (PatchKnn(), PatchKnnFine())
     ms: dict[str, list[float]] = {name: [] for name in sets}
-    for name, (ids, hard) in sets.items():  # build every bank before timing
+    for ids, hard in sets.values():  # build every bank before timing
         ctx.reference_ids, ctx.bank_only_ids = ids, hard
         for tool in scales:
             tool.measure(ctx, queries[0])
