@@ -237,8 +237,7 @@ def without_hard_normals(evidence: list[Evidence], n_references: int = 2,
     by_tool = {ev.tool: ev for ev in others}
     reading = (scales_reading(by_tool[BASE_TOOL], by_tool[FINE_TOOL])
                if any(t.tool == SCALES_TOOL for t in terms) else None)
-    base = by_tool.get(BASE_TOOL)
-    raw, normal = (reading[0], reading[1]) if reading else ((base.raw_score, base.reference_scores) if base
-                                                            else (None, []))
-    return HardNormals(n=n, raw_without=float(raw or 0.0), score_without=fused_score(terms),
+    base = by_tool[BASE_TOOL]  # hard normals are patch_knn's: the base scale is there
+    raw, normal = (reading[0], reading[1]) if reading else (base.raw_score, base.reference_scores)
+    return HardNormals(n=n, raw_without=float(raw), score_without=fused_score(terms),
                        reference_scores_without=[float(v) for v in normal])

@@ -508,7 +508,6 @@ class PatchKnnResult:
     grid_shape: tuple[int, int] = (0, 0)
     known: Boost | None = None  # what the known defects did (None: no labelled anomaly to compare with)
     plain_raw: float | None = None  # the raw score before the known defects' boost
-    hard_normals: HardNormals | None = None  # the score without the hard normals (None: none among the references)
 
     def known_defect(self) -> KnownDefect | None:
         """The labelled anomaly that raised the score and by how much (None: none did)."""
@@ -739,16 +738,21 @@ class PatchKnn(Tool):
         raw = image_score(grid, self.config.topk, self.config.border)
         cell = img.width / grid.shape[1]
         amap = resize_map(grid, (img.height, img.width), blur_sigma=self.config.blur_sigma * cell)
-        without = None
+        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape), boost, plain)
+
+    def without_hard_normals(self, ctx: ToolContext, image_id: str | None = None) -> HardNormals | None:
+        """The image's score against the references other than the hard normals (`ToolContext.bank_only_ids`):
+        the bank a run without them builds, so exactly that run's score; None when no hard normal is among the
+        references, or nothing else is. Costs one more bank search (and a bank build the first time)."""
         ref_ids = ctx.require_references(self.name)
         hard = [i for i in ref_ids if i in ctx.bank_only_ids]
-        if hard and len(hard) < len(ref_ids):
-            other = self.reference_bank(ctx, without_hard_normals=True)
-            raw_without = image_score(self._grid(ctx, img, other)[0], self.config.topk, self.config.border)
-            without = HardNormals(n=len(hard), raw_without=float(raw_without),
-                                  score_without=float(other.calibrator(raw_without)),
-                                  reference_scores_without=[float(v) for v in other.normal_scores])
-        return PatchKnnResult(raw, bank.calibrator(raw), amap, bank, tuple(grid.shape), boost, plain, without)
+        if not hard or len(hard) == len(ref_ids):
+            return None
+        other = self.reference_bank(ctx, without_hard_normals=True)
+        raw = image_score(self._grid(ctx, ctx.images.get(ctx.require_image(image_id)), other)[0], self.config.topk,
+                          self.config.border)
+        return HardNormals(n=len(hard), raw_without=float(raw), score_without=float(other.calibrator(raw)),
+                           reference_scores_without=[float(v) for v in other.normal_scores])
 
     def _grid(self, ctx: ToolContext, img, bank: ReferenceBank) -> tuple[np.ndarray, Boost | None, float]:
         """(the image's gh x gw patch-score grid against `bank`, raised by the known defects unless it is one of
@@ -821,7 +825,8 @@ class PatchKnn(Tool):
                                  vmax=bank.typical_patch + 2.0 * (bank.edge - bank.typical_patch))
         assert self.backbone is not None
         lo, hi = min(bank.normal_scores), max(bank.normal_scores)
-        summary = self._summary(res, regions, above, img.width, img.height, lo, hi)
+        hard = self.without_hard_normals(ctx, image_id)
+        summary = self._summary(res, regions, above, img.width, img.height, lo, hi, hard)
         return PatchKnnOutput(
             score=float(res.score),  # unrounded: rounding makes strong anomalies tie (AUROC needs the order)
             raw_score=float(res.raw_score),
@@ -839,10 +844,11 @@ class PatchKnn(Tool):
             edge_of_normal=round(bank.edge, 4),
             choices=list(bank.choices),
             known_defect=res.known_defect(),
-            hard_normals=res.hard_normals,
+            hard_normals=hard,
         ).with_map(amap)
 
-    def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float) -> str:
+    def _summary(self, res: PatchKnnResult, regions, above: bool, w: int, h: int, lo: float, hi: float,
+                 hard: HardNormals | None = None) -> str:
         bank = res.bank
         units = ("nearest-patch distance" if len(bank.views) == 1
                  else "nearest-patch distance relative to the references' own, views averaged")
@@ -884,7 +890,6 @@ class PatchKnn(Tool):
                 f"that defect's patches than to any normal patch, which raised the raw score from "
                 f"{res.plain_raw:.3f} to {res.raw_score:.3f}."
             )
-        hard = res.hard_normals
         if hard is not None:
             text += (f" Without the {hard.n} reference(s) the inspector marked as false alarms it would score "
                      f"{hard.score_without:.2f} (raw {hard.raw_without:.3f}).")

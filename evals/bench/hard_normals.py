@@ -2,9 +2,9 @@
 
 While false alarms the inspector marked normal are among the references (bank-only), each scale also scores
 the query against the other references alone (`Evidence.hard_normals`). Per query, both scales
-(`patch_knn`, `patch_knn_fine`) are timed warm, in turn, with three reference sets: the first `--refs`
-training normals; those plus `--hard` more marked as hard normals; and the same references with none marked
-(the same bank, without the second search). Banks are built before timing; the query's features are
+(`patch_knn`, `patch_knn_fine`, each a whole tool call as the survey makes it) are timed warm, in turn, with
+three reference sets: the first `--refs` training normals; those plus `--hard` more marked as hard normals;
+and the same references with none marked (the same bank, without the second search). Banks are built before timing; the query's features are
 dropped before each set, so each pays the backbone pass as a run does. Rows: median ms per query and the
 ratio to the first set, measured in one run (interleaved per query, so drift on a shared machine hits all three).
 
@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     for ids, hard in sets.values():  # build every bank before timing
         ctx.reference_ids, ctx.bank_only_ids = ids, hard
         for tool in scales:
-            tool.measure(ctx, queries[0])
+            tool.run({"image_id": queries[0]}, ctx)
     for q in queries[1:]:
         for name, (ids, hard) in sets.items():
             ctx.reference_ids, ctx.bank_only_ids = ids, hard
             _drop_query_features(ctx)  # each set pays the query's backbone pass, as a run does
             t0 = time.perf_counter()
             for tool in scales:
-                tool.measure(ctx, q)
+                tool.run({"image_id": q}, ctx)  # as the survey runs it: score, map, summary
             ms[name].append((time.perf_counter() - t0) * 1000.0)
     first = statistics.median(next(iter(ms.values())))
     rows = [{"references": name, "median ms (both scales)": round(statistics.median(v), 1),

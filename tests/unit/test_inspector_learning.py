@@ -179,19 +179,20 @@ def test_each_scale_reports_its_score_without_the_hard_normals(tmp_path):
     for tool in (PatchKnn(), PatchKnnFine()):
         ctx.reference_ids, ctx.bank_only_ids = originals, set()
         alone = tool.measure(ctx, query)
-        assert alone.hard_normals is None  # no hard normal among the references: nothing to report
+        assert tool.without_hard_normals(ctx, query) is None  # no hard normal among the references
+        assert tool.run({"image_id": query}, ctx).hard_normals is None
         ctx.reference_ids, ctx.bank_only_ids = [*originals, hard], {hard}
-        taught = tool.measure(ctx, query)
-        assert taught.hard_normals is not None and taught.hard_normals.n == 1
-        assert taught.hard_normals.raw_without == alone.raw_score  # exactly the bank of the other references
-        assert taught.hard_normals.score_without == alone.score
-        assert taught.hard_normals.reference_scores_without == alone.bank.normal_scores
-        assert taught.score < alone.score  # the query is like the hard normal
+        without = tool.without_hard_normals(ctx, query)
+        assert without is not None and without.n == 1
+        assert without.raw_without == alone.raw_score  # exactly the bank of the other references
+        assert without.score_without == alone.score
+        assert without.reference_scores_without == alone.bank.normal_scores
+        assert tool.measure(ctx, query).score < alone.score  # the query is like the hard normal
         out = tool.run({"image_id": query}, ctx)
-        assert out.hard_normals == taught.hard_normals
+        assert out.hard_normals == without
         assert f"it would score {alone.score:.2f}" in out.summary
     ctx.reference_ids = [hard]  # only hard normals: nothing else to compare with, nothing reported
-    assert PatchKnn().measure(ctx, query).hard_normals is None
+    assert PatchKnn().without_hard_normals(ctx, query) is None
 
 
 def test_a_verdict_that_is_normal_only_because_of_hard_normals_says_so_and_how_to_undo(tmp_path):
