@@ -4,9 +4,10 @@ While false alarms the inspector marked normal are among the references (bank-on
 the query against the other references alone (`Evidence.hard_normals`). Per query, both scales
 (`patch_knn`, `patch_knn_fine`, each a whole tool call as the survey makes it) are timed warm, in turn, with
 three reference sets: the first `--refs` training normals; those plus `--hard` more marked as hard normals;
-and the same references with none marked (the same bank, without the second search). Banks are built before timing; the query's features are
-dropped before each set, so each pays the backbone pass as a run does. Rows: median ms per query and the
-ratio to the first set, measured in one run (interleaved per query, so drift on a shared machine hits all three).
+and the same references with none marked (the same bank, without the second search). Banks are built
+before timing; the query's features are dropped before each set, so each pays the backbone pass as a run
+does. Rows: median ms per query and the ratio to the first set, measured in one run (interleaved per query,
+so drift on a shared machine hits all three).
 
 Images: a realsets category when `--root` has it (default `../shared/data/realsets`, `magnetic_tile`), else
 the synthetic `fabric` category.
