@@ -38,6 +38,12 @@ def _expand_one(spec: str | Path) -> list[Path]:
         return [path]  # a named pipe or device too: intake refuses it by its kind, before any open()
     if glob.has_magic(text):
         return sorted(p for p in (Path(m) for m in glob.glob(str(path), recursive=True)) if _is_image(p))
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and all(p and Path(p).expanduser().exists() for p in parts):
+        msg = (f"reference path {text!r} does not exist; it looks like {len(parts)} paths joined by commas. "
+               "Fix: give each path as its own entry (CLI: repeat --refs, e.g. --refs a.png --refs b.png; "
+               "JSON: a list), or pass their folder or a glob")
+        raise ReferenceSpecError(msg)
     msg = f"reference path {text!r} does not exist. Fix: pass a folder of normal images, a glob or image files"
     raise ReferenceSpecError(msg)
 

@@ -38,16 +38,29 @@ def references_arg(refs: list[str] | None) -> list[str] | str | None:
 
 
 def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
-    """Each argument as (path, None); a folder becomes its image files, sorted (an empty one: (folder, error))."""
+    """Each argument as (path, None); a folder becomes its image files, sorted (an empty one: (folder, error));
+    a quoted glob that names no file ('test/*.png', '**' recurses) becomes the image files it matches, sorted
+    (none: (glob, error))."""
+    import glob
+
     from tools.references import IMAGE_SUFFIXES
 
     items: list[tuple[str, str | None]] = []
     for image in images:
         try:
             is_dir = Path(image).is_dir()
+            exists = is_dir or Path(image).exists()
         except OSError:  # a name too long, a loop of links: intake reports it for this item
-            is_dir = False
+            is_dir = exists = False
         path = Path(image)
+        if not exists and glob.has_magic(image):
+            matches = sorted(m for m in glob.glob(str(path.expanduser()), recursive=True)
+                             if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            if not matches:
+                items.append((image, f"{image}: no image files match this pattern ({', '.join(IMAGE_SUFFIXES)}). "
+                                     "Fix: check the pattern, or pass image files or a folder"))
+            items.extend((m, None) for m in matches)
+            continue
         if not is_dir:
             items.append((image, None))
             continue

@@ -159,6 +159,10 @@ CASES |= {
     # references
     "refs glob matches nothing": Case(["detect", "{good}", "--refs", "{root}/nope/*.png", "--backend", "none"],
                                       message="no reference images found"),
+    "refs joined by commas": Case(["detect", "{good}", "--refs", "{good},{good}", "--backend", "none"],
+                                  message="joined by commas. Fix: give each path as its own entry (CLI: repeat --refs"),
+    "image glob matches nothing": Case(["detect", "{root}/nope/*.png", "--backend", "none"],
+                                       message="no image files match this pattern"),
     "refs folder missing": Case(["detect", "{good}", "--refs", "{root}/no-such-dir", "--backend", "none"],
                                 message="does not exist"),
     "refs holds a corrupt file": Case(["detect", "{good}", "--refs", "{build:truncated png}", "--backend", "none"],

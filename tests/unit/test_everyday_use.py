@@ -97,6 +97,22 @@ def test_detect_takes_a_folder_and_prints_a_missing_file_once(tmp_path, isolated
     assert "summary: 0 judged, 0 anomalous, 3 error(s) of 3 image(s)" in err
 
 
+
+def test_detect_expands_a_quoted_glob_and_names_one_that_matches_nothing(tmp_path):
+    from agent.commands.detect import expand_images
+
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.jpg", "sub/c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("x")
+    assert expand_images([str(tmp_path / "*")]) == [(str(tmp_path / "a.jpg"), None), (str(tmp_path / "b.png"), None)]
+    assert [Path(p).name for p, _ in expand_images([str(tmp_path / "**" / "*.png")])] == ["b.png", "c.png"]
+    (item,) = expand_images([str(tmp_path / "*.bmp")])
+    assert item[0].endswith("*.bmp") and "no image files match this pattern" in item[1]
+    odd = tmp_path / "odd[1].png"  # a file whose name looks like a pattern is taken as it is
+    Image.new("RGB", (8, 8)).save(odd)
+    assert expand_images([str(odd)]) == [(str(odd), None)]
+
 # intake ------------------------------------------------------------------------------------------------
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.png"

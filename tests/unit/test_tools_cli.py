@@ -86,3 +86,8 @@ def test_resolve_references(files):
         resolve_references(files / "nothing")
     with pytest.raises(ReferenceSpecError, match="no reference images"):
         resolve_references(str(files / "*.jpg"))
+    joined = f"{folder[0]},{folder[1]}"  # a list typed as one argument: the fix says how to give several
+    with pytest.raises(ReferenceSpecError, match="2 paths joined by commas.*repeat --refs"):
+        resolve_references(joined)
+    with pytest.raises(ReferenceSpecError, match=r"does not exist\. Fix: pass a folder"):
+        resolve_references(f"{folder[0]},{files / 'nothing.png'}")  # not every part exists: the plain message
