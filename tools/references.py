@@ -20,6 +20,24 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a loop of links
+        return False
+
+
+def image_files_in(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (by suffix, not recursive), sorted."""
+    return sorted(p for p in folder.iterdir() if _is_image(p))
+
+
+def image_files_matching(pattern: str | Path) -> list[Path]:
+    """The image files a glob pattern matches (`**` recurses; `~` expands), sorted."""
+    return sorted(p for p in (Path(m) for m in glob.glob(str(Path(pattern).expanduser()), recursive=True))
+                  if _is_image(p))
+
+
 def _expand_one(spec: str | Path) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()
@@ -33,13 +51,13 @@ def _expand_one(spec: str | Path) -> list[Path]:
                    "Fix: pass a folder of normal images, a glob or image files")
             raise ReferenceSpecError(msg) from None
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if _is_image(p))
+        return image_files_in(path)
     if path.is_file() or (path.exists() and not glob.has_magic(text)):
         return [path]  # a named pipe or device too: intake refuses it by its kind, before any open()
     if glob.has_magic(text):
-        return sorted(p for p in (Path(m) for m in glob.glob(str(path), recursive=True)) if _is_image(p))
+        return image_files_matching(path)
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) > 1 and all(p and Path(p).expanduser().exists() for p in parts):
+    if len(parts) > 1 and all(p and _exists(Path(p).expanduser()) for p in parts):
         msg = (f"reference path {text!r} does not exist; it looks like {len(parts)} paths joined by commas. "
                "Fix: give each path as its own entry (CLI: repeat --refs, e.g. --refs a.png --refs b.png; "
                "JSON: a list), or pass their folder or a glob")

@@ -43,7 +43,7 @@ def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
     (none: (glob, error))."""
     import glob
 
-    from tools.references import IMAGE_SUFFIXES
+    from tools.references import IMAGE_SUFFIXES, image_files_in, image_files_matching
 
     items: list[tuple[str, str | None]] = []
     for image in images:
@@ -54,8 +54,7 @@ def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
             is_dir = exists = False
         path = Path(image)
         if not exists and glob.has_magic(image):
-            matches = sorted(m for m in glob.glob(str(path.expanduser()), recursive=True)
-                             if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            matches = [str(m) for m in image_files_matching(image)]
             if not matches:
                 items.append((image, f"{image}: no image files match this pattern ({', '.join(IMAGE_SUFFIXES)}). "
                                      "Fix: check the pattern, or pass image files or a folder"))
@@ -64,7 +63,7 @@ def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
         if not is_dir:
             items.append((image, None))
             continue
-        files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = [str(p) for p in image_files_in(path)]
         if not files:
             items.append((image, f"{image}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)}). "
                                  "Fix: pass image files or a folder that holds them"))

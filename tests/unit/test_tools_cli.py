@@ -91,3 +91,5 @@ def test_resolve_references(files):
         resolve_references(joined)
     with pytest.raises(ReferenceSpecError, match=r"does not exist\. Fix: pass a folder"):
         resolve_references(f"{folder[0]},{files / 'nothing.png'}")  # not every part exists: the plain message
+    with pytest.raises(ReferenceSpecError, match=r"does not exist\. Fix: pass a folder"):
+        resolve_references(f"{folder[0]},{files / ('x' * 300 + '.png')}")  # a part whose name is too long
