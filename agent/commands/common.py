@@ -67,3 +67,37 @@ def unique_stems(paths: list[str]) -> dict[str, str]:
             stem_of[path] = f"{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         taken[stem_of[path]] = path
     return {p: stem_of[a] for p, a in absolute.items()}
+
+
+def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument as (path, None); a folder becomes its image files, sorted (an empty one: (folder, error));
+    a quoted glob that names no file ('test/*.png', '**' recurses) becomes the image files it matches, sorted
+    (none: (glob, error))."""
+    import glob
+
+    from tools.references import IMAGE_SUFFIXES, image_files_in, image_files_matching
+
+    items: list[tuple[str, str | None]] = []
+    for image in images:
+        try:
+            is_dir = Path(image).is_dir()
+            exists = is_dir or Path(image).exists()
+        except OSError:  # a name too long, a loop of links: intake reports it for this item
+            is_dir = exists = False
+        path = Path(image)
+        if not exists and glob.has_magic(image):
+            matches = [str(m) for m in image_files_matching(image)]
+            if not matches:
+                items.append((image, f"{image}: no image files match this pattern ({', '.join(IMAGE_SUFFIXES)}). "
+                                     "Fix: check the pattern, or pass image files or a folder"))
+            items.extend((m, None) for m in matches)
+            continue
+        if not is_dir:
+            items.append((image, None))
+            continue
+        files = [str(p) for p in image_files_in(path)]
+        if not files:
+            items.append((image, f"{image}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)}). "
+                                 "Fix: pass image files or a folder that holds them"))
+        items.extend((f, None) for f in files)
+    return items

@@ -20,6 +20,7 @@ from agent.commands.common import (
     ConfigOption,
     PolicyOption,
     config_from_cli,
+    expand_images,
     print_json_line,
     unique_stems,
 )
@@ -35,40 +36,6 @@ def references_arg(refs: list[str] | None) -> list[str] | str | None:
     if not refs:
         return None
     return refs[0] if len(refs) == 1 else list(refs)
-
-
-def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
-    """Each argument as (path, None); a folder becomes its image files, sorted (an empty one: (folder, error));
-    a quoted glob that names no file ('test/*.png', '**' recurses) becomes the image files it matches, sorted
-    (none: (glob, error))."""
-    import glob
-
-    from tools.references import IMAGE_SUFFIXES, image_files_in, image_files_matching
-
-    items: list[tuple[str, str | None]] = []
-    for image in images:
-        try:
-            is_dir = Path(image).is_dir()
-            exists = is_dir or Path(image).exists()
-        except OSError:  # a name too long, a loop of links: intake reports it for this item
-            is_dir = exists = False
-        path = Path(image)
-        if not exists and glob.has_magic(image):
-            matches = [str(m) for m in image_files_matching(image)]
-            if not matches:
-                items.append((image, f"{image}: no image files match this pattern ({', '.join(IMAGE_SUFFIXES)}). "
-                                     "Fix: check the pattern, or pass image files or a folder"))
-            items.extend((m, None) for m in matches)
-            continue
-        if not is_dir:
-            items.append((image, None))
-            continue
-        files = [str(p) for p in image_files_in(path)]
-        if not files:
-            items.append((image, f"{image}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)}). "
-                                 "Fix: pass image files or a folder that holds them"))
-        items.extend((f, None) for f in files)
-    return items
 
 
 def error_line(verdict: Verdict) -> str:

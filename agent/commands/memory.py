@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from agent.commands.common import ConfigOption, config_from_cli
+from agent.commands.common import ConfigOption, config_from_cli, expand_images
 from agent.errors import UserInputError
 
 MemoryOption = typer.Option(None, "--memory", help="Memory store folder (default: config memory_path).")
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("add")
     def add(
-        images: list[Path] = typer.Argument(..., help="Image files to add."),
+        images: list[str] = typer.Argument(..., help="Image files, folders (their images) or quoted globs."),
         category: str = typer.Option(..., "--category", "-c", help="Category name, e.g. bottle."),
         label: str = typer.Option(..., "--label", help="normal | anomalous."),
         defect: str | None = typer.Option(None, "--defect", help="Defect type of an anomalous example."),
@@ -104,15 +104,20 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
         config: Path | None = ConfigOption,
     ) -> None:
-        """Add images as examples (adding an image again is a no-op)."""
+        """Add images as examples (adding an image again is a no-op); a folder adds its images, a quoted glob
+        the images it matches."""
         from memory.importer import TreeItem, import_items
         from memory.store import normalize_category
 
         if label not in ("normal", "anomalous"):
             msg = f"--label must be normal or anomalous, got {label!r}"
             raise UserInputError(msg)
+        paths = expand_images(images)
+        unusable = next((error for _, error in paths if error), None)
+        if unusable:
+            raise UserInputError(unusable)
         with _user_errors():
-            items = [TreeItem(p, normalize_category(category), label, defect, description) for p in images]
+            items = [TreeItem(Path(p), normalize_category(category), label, defect, description) for p, _ in paths]
             cfg, store = _store(config, memory, create=True)
             with store:
                 report = import_items(store, _embedder(embedder, cfg), items)

@@ -99,7 +99,7 @@ def test_detect_takes_a_folder_and_prints_a_missing_file_once(tmp_path, isolated
 
 
 def test_detect_expands_a_quoted_glob_and_names_one_that_matches_nothing(tmp_path):
-    from agent.commands.detect import expand_images
+    from agent.commands.common import expand_images
 
     (tmp_path / "sub").mkdir()
     for name in ("b.png", "a.jpg", "sub/c.png"):

@@ -126,6 +126,27 @@ def test_add_list_remove_notes_export_import(tmp_path, capsys):
     assert json.loads(out)["added"] == 0
 
 
+
+def test_add_takes_a_folder_or_a_quoted_glob_and_names_one_with_no_images(tmp_path, capsys):
+    for i in range(3):
+        _img(tmp_path / "good" / f"{i:03d}.png", i)
+    (tmp_path / "good" / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    mem = str(tmp_path / "mem")
+    code, out, _ = _run(capsys, "memory", "add", str(tmp_path / "good"), "-c", "gasket", "--label", "normal",
+                        "--memory", mem, "--json")
+    assert code == 0 and json.loads(out)["added"] == 3
+    _img(tmp_path / "more" / "a.png", 7)
+    code, out, _ = _run(capsys, "memory", "add", str(tmp_path / "*" / "*.png"), "-c", "gasket", "--label", "normal",
+                        "--memory", mem, "--json")
+    assert code == 0 and (json.loads(out)["added"], json.loads(out)["skipped"]) == (1, 3)
+    code, _, err = _run(capsys, "memory", "add", str(tmp_path / "empty"), "-c", "gasket", "--label", "normal",
+                        "--memory", mem)
+    assert code == 2 and "no image files in this folder" in err
+    code, _, err = _run(capsys, "memory", "add", str(tmp_path / "*.bmp"), "-c", "gasket", "--label", "normal",
+                        "--memory", mem)
+    assert code == 2 and "no image files match this pattern" in err
+
 def test_errors_exit_2_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
