@@ -15,8 +15,8 @@ MIN_JUDGED = 5  # fewer judged verdicts than this say nothing
 WINDOW = 20  # serve: the last this many verdicts per (category, references)
 MAX_KEYS = 256  # serve: reference sets remembered (the least recently used is dropped)
 
-CLI_FIX = ("mark the false alarms normal (the page's 'wrong' button, or `memory add --label normal` with "
-           "--refs memory) so that they join the references")
+CLI_FIX = ("mark the false alarms normal (the page's 'wrong' button, or `anomaly-agent memory feedback IMAGE "
+           "--label normal -c CATEGORY`) so that they join the references")
 API_FIX = ("judge with references from memory and mark the false alarms normal (the page's 'wrong' button, or "
            "POST /v1/runs/{run_id}/feedback with label 'normal') so that they join the references")
 

@@ -1,6 +1,7 @@
 """An inspector's correction, learned without a model: store the image, move the category's threshold, say so.
 
-`record_feedback` is what the server's feedback route, the CLI and the streaming evaluation share:
+`record_feedback` is what the server's feedback route, the CLI (`memory feedback`) and the streaming evaluation
+share:
 - the image goes into memory with its true label and `source` "feedback on run <id>" (a labelled anomaly
   becomes a known defect the tools compare new images with; a normal becomes a hard normal that joins
   the category's references: `agent.nodes.memory.use_inspector_examples`);
@@ -41,7 +42,7 @@ def record_feedback(runtime, store, image_path, category: str, label: str, score
         image_path: the judged image's file.
         label: the true label, "normal" or "anomalous".
         score: the verdict's fused score (None: the threshold is not refit, e.g. an error verdict).
-        run_id: the run the feedback is about (recorded in the example's source).
+        run_id: the run the feedback is about (recorded in the example's source; empty: no run, as on the CLI).
     """
     from tools.images import load_image
 
@@ -51,7 +52,7 @@ def record_feedback(runtime, store, image_path, category: str, label: str, score
         data = f.read()
     example = store.add(data, category, label, vector, embedder.model_id,
                         defect_type=defect_type if label == "anomalous" else None,
-                        description=note, source=f"feedback on run {run_id}".strip())
+                        description=note, source=f"feedback on run {run_id}" if run_id else "feedback")
     points = runtime.operating_points()
     if score is None:
         point = points.get(example.category)

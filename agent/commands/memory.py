@@ -123,6 +123,64 @@ def register(app: typer.Typer) -> None:
                 report = import_items(store, _embedder(embedder, cfg), items)
                 _print_report(report, as_json, store)
 
+    @group.command("feedback")
+    def feedback(
+        image: str = typer.Argument(..., help="The judged image."),
+        label: str = typer.Option(..., "--label", help="Its true label: normal (a false alarm) | anomalous (a miss)."),
+        category: str = typer.Option(..., "--category", "-c", help="Category name, e.g. bottle."),
+        score: float | None = typer.Option(
+            None, "--score", min=0.0, max=1.0,
+            help="The verdict's score (`detect --json`: pred_score). Default: the image is judged again now, tools "
+                 "only, against --refs."),
+        refs: list[str] | None = typer.Option(
+            None, "--refs", help="Without --score: the references to judge it against (folder, glob, file(s); "
+                                 "default 'memory'). Repeatable."),
+        defect: str | None = typer.Option(None, "--defect", help="Defect type of an anomalous image."),
+        note: str | None = typer.Option(None, "--note", help="What a person sees (the example's description)."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """An inspector's correction of a verdict, as the page's right/wrong buttons make it: the image is stored
+        with its true label (a normal joins the category's references as a hard normal, also beside references
+        given with --refs; an anomaly becomes a known defect) and the category's threshold is refit from the
+        verdict's score. `memory remove ID` undoes both."""
+        from agent.api import AnomalyAgent
+        from agent.commands.detect import references_arg
+        from agent.feedback import record_feedback
+        from memory.store import open_store
+        from tools.images import load_image
+
+        if label not in ("normal", "anomalous"):
+            msg = f"--label must be normal or anomalous, got {label!r}"
+            raise UserInputError(msg)
+        cfg = config_from_cli(config, memory_path=memory, backend="none")
+        load_image(image, cfg.max_image_pixels)  # a bad image says so itself, before anything is judged or stored
+        with _user_errors():
+            if not cfg.memory_host and not cfg.memory_path.exists():
+                open_store(cfg, create=True).close()  # the first feedback creates the memory
+            agent = AnomalyAgent.from_config(cfg)
+            rescored = None
+            if score is None:  # the verdict's score, measured again as a tools-only detect makes it
+                rescored = agent.detect(image, category=category, references=references_arg(refs) or "memory")
+                if rescored.status != "ok":
+                    msg = (f"{image}: could not be judged again for its score ({rescored.error}). Fix: pass the "
+                           "verdict's score with --score (`detect --json`: pred_score), or references with --refs")
+                    raise UserInputError(msg)
+                score = rescored.pred_score
+            with agent.runtime.memory() as store:
+                learned = record_feedback(agent.runtime, store, image, category, label, float(score),
+                                          defect_type=defect, note=note)
+        said = "" if rescored is None else (f"judged again now, tools only: score {rescored.pred_score:.2f} "
+                                            f"(threshold {rescored.threshold:.2f}); ")
+        if as_json:
+            _echo_json({"example_id": learned.example.id, "label": label, "category": learned.example.category,
+                        "score": score, "score_from": "--score" if rescored is None else "judged again, tools only",
+                        "threshold": {"before": learned.threshold_before, "after": learned.threshold_after},
+                        "message": learned.message, "undo": f"anomaly-agent memory remove {learned.example.id}"})
+        else:
+            typer.echo(f"{said}{learned.message} Undo: anomaly-agent memory remove {learned.example.id}")
+
     @group.command("import")
     def import_(
         root: Path = typer.Argument(..., help="MVTec-style tree: <category>/train/good, test/<defect>."),

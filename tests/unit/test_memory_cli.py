@@ -147,6 +147,59 @@ def test_add_takes_a_folder_or_a_quoted_glob_and_names_one_with_no_images(tmp_pa
                         "--memory", mem)
     assert code == 2 and "no image files match this pattern" in err
 
+
+def _part(path, seed, spot=False):
+    """A 64x64 textured part (the same texture for every seed, a little noise); `spot`: a dark blob on it."""
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(0).integers(90, 170, (64, 64, 3)).astype(np.int16)
+    img = np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+    if spot:
+        img[24:40, 24:40] = 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_feedback_stores_a_hard_normal_moves_the_threshold_and_undo_reverts_it(tmp_path, capsys):
+    image = _img(tmp_path / "alarm.png", 5)
+    mem = str(tmp_path / "mem")
+    code, out, _ = _run(capsys, "memory", "feedback", str(image), "-c", "gasket", "--label", "normal",
+                        "--score", "0.9", "--memory", mem, "--json")
+    assert code == 0
+    got = json.loads(out)
+    assert got["score_from"] == "--score" and got["score"] == 0.9
+    assert got["threshold"]["before"] == 0.5 and got["threshold"]["after"] > 0.55
+    assert "a hard normal" in got["message"] and got["undo"] == f"anomaly-agent memory remove {got['example_id']}"
+    code, out, _ = _run(capsys, "memory", "list", "--memory", mem, "--json")
+    (example,) = json.loads(out)
+    assert example["label"] == "normal" and example["source"].startswith("feedback")  # a hard normal
+    code, out, _ = _run(capsys, "memory", "remove", got["example_id"], "--memory", mem)
+    assert code == 0 and "0.50" in out  # the threshold is back at the edge
+    code, out, _ = _run(capsys, "memory", "feedback", str(image), "-c", "gasket", "--label", "anomalous",
+                        "--score", "0.2", "--defect", "crack", "--memory", mem)
+    assert code == 0 and "labelled anomaly of 'gasket'" in out and "0.50 -> 0." in out
+
+
+def test_feedback_without_a_score_judges_the_image_again_tools_only(tmp_path, capsys):
+    refs = [_part(tmp_path / "refs" / f"{i}.png", i) for i in range(3)]
+    query = _part(tmp_path / "query.png", 9, spot=True)
+    mem = str(tmp_path / "mem")
+    code, out, _ = _run(capsys, "memory", "feedback", str(query), "-c", "gasket", "--label", "anomalous",
+                        "--refs", str(tmp_path / "refs"), "--memory", mem, "--json")
+    assert code == 0
+    got = json.loads(out)
+    assert got["score_from"] == "judged again, tools only" and len(refs) == 3
+    assert got["score"] > 0.5 and "threshold stayed at 0.50" in got["message"]  # the spot reads anomalous: right
+    code, _, err = _run(capsys, "memory", "feedback", str(query), "-c", "other", "--label", "normal",
+                        "--memory", str(tmp_path / "mem2"))
+    assert code == 2 and "could not be judged again" in err and "--score" in err
+    code, _, err = _run(capsys, "memory", "feedback", str(query), "-c", "gasket", "--label", "fine",
+                        "--score", "0.5", "--memory", mem)
+    assert code == 2 and "--label must be normal or anomalous" in err
+    code, _, err = _run(capsys, "memory", "feedback", str(tmp_path / "gone.png"), "-c", "gasket", "--label", "normal",
+                        "--memory", mem)
+    assert code == 2 and "file not found" in err and "judged again" not in err
+
 def test_errors_exit_2_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
