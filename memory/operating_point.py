@@ -187,6 +187,10 @@ class OperatingPoints:
             json.dump(data, f, indent=1)
         os.replace(tmp, self.path)
 
+    def categories(self) -> list[str]:
+        """The categories with labelled verdicts, sorted."""
+        return sorted(c for c, labels in self._read()["categories"].items() if labels)
+
     def get(self, category: str) -> OperatingPoint:
         """The category's operating point (the default threshold when it has no labels)."""
         labels = self._read()["categories"].get(category, [])

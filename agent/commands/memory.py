@@ -255,6 +255,47 @@ def register(app: typer.Typer) -> None:
                           ", ".join(models.get(c, [])))
         _console().print(table)
 
+    @group.command("thresholds")
+    def thresholds(
+        category: str | None = typer.Option(None, "--category", "-c", help="Only this category."),
+        memory: Path | None = MemoryOption,
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """Each category's threshold refit from labelled verdicts (feedback), and every move in its history."""
+        from memory.operating_point import OperatingPoints, operating_points_path
+        from memory.store import normalize_category
+
+        cfg = config_from_cli(config, memory_path=memory)
+        path = operating_points_path(cfg.memory_path, cfg.memory_host, cfg.memory_port)
+        with _user_errors():
+            try:
+                points = OperatingPoints(path)
+                names = [normalize_category(category)] if category else points.categories()
+                found = [points.get(c) for c in names]
+            except ValueError as exc:  # an unreadable file: the message names it and the fix
+                raise UserInputError(str(exc)) from exc
+        configured = cfg.threshold if "threshold" in cfg.model_fields_set else None
+        if as_json:
+            _echo_json({"file": str(path), "configured_threshold": configured,
+                        "categories": {p.category: {"threshold": p.threshold, "n_normal": p.n_normal,
+                                                    "n_anomalous": p.n_anomalous, "history": p.history}
+                                       for p in found}})
+            return
+        if not found:
+            typer.echo(f"no labelled verdicts yet ({path}): every category uses the default threshold "
+                       f"{cfg.threshold:.2f}. Feedback (the page's buttons, `memory feedback`) refits it")
+        for point in found:
+            rests = (f"refit from {point.n_normal} normal and {point.n_anomalous} anomalous labelled verdict(s)"
+                     if point.refit else "the default: no labelled verdicts")
+            typer.echo(f"{point.category}: threshold {point.threshold:.2f} ({rests})")
+            for h in point.history:
+                typer.echo(f"  {h.get('at') or '-'}  {h['label']:9s} score {h['score']:.2f}  "
+                           f"{h['from']:.2f} -> {h['to']:.2f}  (example {h['after']})")
+        if configured is not None:
+            typer.echo(f"note: a threshold is configured ({configured:.2f}: --threshold, the config file or "
+                       "ANOMALY_AGENT_THRESHOLD); detect and serve use it instead of these")
+
     @group.command("remove")
     def remove(
         ids: list[str] = typer.Argument(..., help="Example ids (see `memory list`)."),

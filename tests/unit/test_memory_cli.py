@@ -173,8 +173,16 @@ def test_feedback_stores_a_hard_normal_moves_the_threshold_and_undo_reverts_it(t
     code, out, _ = _run(capsys, "memory", "list", "--memory", mem, "--json")
     (example,) = json.loads(out)
     assert example["label"] == "normal" and example["source"].startswith("feedback")  # a hard normal
+    code, out, _ = _run(capsys, "memory", "thresholds", "--memory", mem, "--json")
+    (point,) = json.loads(out)["categories"].values()
+    assert point["threshold"] == got["threshold"]["after"] and point["n_normal"] == 1
+    assert [(h["label"], h["score"], h["after"]) for h in point["history"]] == [("normal", 0.9, got["example_id"])]
+    code, out, _ = _run(capsys, "memory", "thresholds", "--memory", mem)
+    assert code == 0 and "gasket: threshold 0.6" in out and "0.50 -> 0.6" in out
     code, out, _ = _run(capsys, "memory", "remove", got["example_id"], "--memory", mem)
     assert code == 0 and "0.50" in out  # the threshold is back at the edge
+    code, out, _ = _run(capsys, "memory", "thresholds", "--memory", mem)
+    assert code == 0 and "no labelled verdicts yet" in out
     code, out, _ = _run(capsys, "memory", "feedback", str(image), "-c", "gasket", "--label", "anomalous",
                         "--score", "0.2", "--defect", "crack", "--memory", mem)
     assert code == 0 and "labelled anomaly of 'gasket'" in out and "0.50 -> 0." in out
@@ -199,6 +207,9 @@ def test_feedback_without_a_score_judges_the_image_again_tools_only(tmp_path, ca
     code, _, err = _run(capsys, "memory", "feedback", str(tmp_path / "gone.png"), "-c", "gasket", "--label", "normal",
                         "--memory", mem)
     assert code == 2 and "file not found" in err and "judged again" not in err
+    (tmp_path / "mem-operating-points.json").write_text("{not json")
+    code, _, err = _run(capsys, "memory", "thresholds", "--memory", mem)
+    assert code == 2 and "unreadable" in err and "delete it" in err
 
 def test_errors_exit_2_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.png"
