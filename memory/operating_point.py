@@ -164,6 +164,11 @@ class OperatingPoint:
         """Does the threshold rest on labels (vs the default)?"""
         return bool(self.history)
 
+    def as_dict(self) -> dict:
+        """The threshold, the labels it rests on and its history, as JSON (the CLI's and the API's shape)."""
+        return {"threshold": self.threshold, "n_normal": self.n_normal, "n_anomalous": self.n_anomalous,
+                "history": self.history}
+
 
 class OperatingPoints:
     """The per-category labels and thresholds in one JSON file (thread-safe within a process; atomic writes)."""

@@ -278,9 +278,7 @@ def register(app: typer.Typer) -> None:
         configured = cfg.threshold if "threshold" in cfg.model_fields_set else None
         if as_json:
             _echo_json({"file": str(path), "configured_threshold": configured,
-                        "categories": {p.category: {"threshold": p.threshold, "n_normal": p.n_normal,
-                                                    "n_anomalous": p.n_anomalous, "history": p.history}
-                                       for p in found}})
+                        "categories": {p.category: p.as_dict() for p in found}})
             return
         if not found:
             typer.echo(f"no labelled verdicts yet ({path}): every category uses the default threshold "

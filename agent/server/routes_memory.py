@@ -157,6 +157,26 @@ async def delete_note(note_id: str, state: ServerState = Depends(server_state)):
     return {"deleted": note_id}
 
 
+@router.get("/thresholds", summary="Each category's threshold refit from feedback, and every move in its history")
+async def thresholds(category: str | None = None, state: ServerState = Depends(server_state)):
+    from memory.store import normalize_category
+
+    runtime = state.require_ready().runtime
+
+    def read():
+        points = runtime.operating_points()
+        names = [normalize_category(category)] if category else points.categories()
+        return {p.category: p.as_dict() for p in (points.get(c) for c in names)}
+
+    try:
+        found = await asyncio.to_thread(read)
+    except ValueError as exc:  # an unreadable operating-points file (the message says how to start over)
+        cause, fix = split_fix(str(exc))
+        raise ApiError(500, "operating_points_unreadable", cause, fix or "see the message") from None
+    configured = runtime.config.threshold if "threshold" in runtime.config.model_fields_set else None
+    return {"categories": found, "configured_threshold": configured}
+
+
 @router.get("/notes", summary="Class notes (of a category)")
 async def list_notes(category: str | None = None, state: ServerState = Depends(server_state)):
     store = state.memory()

@@ -60,12 +60,18 @@ def test_feedback_is_recorded_as_feedback_and_can_be_undone(server):
     assert "'undo' threshold" in body["message"]
     assert set(body["threshold"]) == {"before", "after"}
     assert count() == 1
+    # the category's threshold and its history are there to read
+    shown = httpx.get(f"{server.url}/v1/memory/thresholds", params={"category": "undo"}).json()
+    point = shown["categories"]["undo"]
+    assert point["threshold"] == body["threshold"]["after"] and point["n_anomalous"] == 1
+    assert [(h["after"], h["label"]) for h in point["history"]] == [(body["example_id"], "anomalous")]
     # the same image again: already stored, so there is nothing new to undo
     repeat = httpx.post(f"{server.url}/v1/runs/{run_id}/feedback", json={"label": "anomalous"}).json()
     assert repeat["new"] is False and repeat["undo"] is None
 
     undone = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert undone.status_code == 200 and count() == 0
+    assert "undo" not in httpx.get(f"{server.url}/v1/memory/thresholds").json()["categories"]
     assert undone.json()["message"].startswith("removed from memory")
     missing = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert missing.status_code == 404 and missing.json()["error"]["fix"]
