@@ -162,10 +162,15 @@ async def thresholds(category: str | None = None, state: ServerState = Depends(s
     from memory.store import normalize_category
 
     runtime = state.require_ready().runtime
+    try:
+        wanted = normalize_category(category) if category is not None else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_category", str(exc).split(". Fix:")[0],
+                       "pass a category name, or leave the parameter out for all") from None
 
     def read():
         points = runtime.operating_points()
-        names = [normalize_category(category)] if category else points.categories()
+        names = [wanted] if wanted else points.categories()
         return {p.category: p.as_dict() for p in (points.get(c) for c in names)}
 
     try:

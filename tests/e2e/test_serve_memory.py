@@ -72,6 +72,8 @@ def test_feedback_is_recorded_as_feedback_and_can_be_undone(server):
     undone = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert undone.status_code == 200 and count() == 0
     assert "undo" not in httpx.get(f"{server.url}/v1/memory/thresholds").json()["categories"]
+    blank = httpx.get(f"{server.url}/v1/memory/thresholds", params={"category": " "})
+    assert blank.status_code == 400 and "empty category name" in blank.json()["error"]["message"]
     assert undone.json()["message"].startswith("removed from memory")
     missing = httpx.delete(f"{server.url}/v1/memory/examples/{body['example_id']}")
     assert missing.status_code == 404 and missing.json()["error"]["fix"]
