@@ -268,13 +268,12 @@ def register(app: typer.Typer) -> None:
 
         cfg = config_from_cli(config, memory_path=memory)
         path = operating_points_path(cfg.memory_path, cfg.memory_host, cfg.memory_port)
-        with _user_errors():
-            try:
-                points = OperatingPoints(path)
-                names = [normalize_category(category)] if category else points.categories()
-                found = [points.get(c) for c in names]
-            except ValueError as exc:  # an unreadable file: the message names it and the fix
-                raise UserInputError(str(exc)) from exc
+        try:
+            points = OperatingPoints(path)
+            names = [normalize_category(category)] if category else points.categories()
+            found = [points.get(c) for c in names]
+        except ValueError as exc:  # an unreadable file or a blank category: the message names it and the fix
+            raise UserInputError(str(exc)) from exc
         configured = cfg.threshold if "threshold" in cfg.model_fields_set else None
         if as_json:
             _echo_json({"file": str(path), "configured_threshold": configured,
