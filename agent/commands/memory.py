@@ -104,8 +104,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
         config: Path | None = ConfigOption,
     ) -> None:
-        """Add images as examples (adding an image again is a no-op); a folder adds its images, a quoted glob
-        the images it matches."""
+        """Add images as examples (adding an image again is a no-op).
+
+        A folder adds its images, a quoted glob the images it matches.
+        """
         from memory.importer import TreeItem, import_items
         from memory.store import normalize_category
 
@@ -141,10 +143,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
         config: Path | None = ConfigOption,
     ) -> None:
-        """An inspector's correction of a verdict, as the page's right/wrong buttons make it: the image is stored
-        with its true label (a normal joins the category's references as a hard normal, also beside references
-        given with --refs; an anomaly becomes a known defect) and the category's threshold is refit from the
-        verdict's score. `memory remove ID` undoes both."""
+        """Correct a verdict: store the image with its true label and refit the category's threshold.
+
+        As the page's right/wrong buttons do: a normal joins the category's references as a hard normal (also
+        beside references given with --refs), an anomaly becomes a known defect, and the threshold is refit from
+        the verdict's score. `memory remove ID` undoes both.
+        """
         from agent.api import AnomalyAgent
         from agent.commands.detect import references_arg
         from agent.feedback import record_feedback
