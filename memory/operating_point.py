@@ -196,6 +196,10 @@ class OperatingPoints:
         """The categories with labelled verdicts, sorted."""
         return sorted(c for c, labels in self._read()["categories"].items() if labels)
 
+    def listed(self, category: str | None = None) -> list[OperatingPoint]:
+        """`category`'s operating point (a normalised name), or, with None, every category's that has labels."""
+        return [self.get(c) for c in ([category] if category else self.categories())]
+
     def get(self, category: str) -> OperatingPoint:
         """The category's operating point (the default threshold when it has no labels)."""
         labels = self._read()["categories"].get(category, [])

@@ -79,12 +79,12 @@ def expand_images(images: list[str]) -> list[tuple[str, str | None]]:
 
     items: list[tuple[str, str | None]] = []
     for image in images:
+        path = Path(image)
         try:
-            is_dir = Path(image).is_dir()
-            exists = is_dir or Path(image).exists()
+            is_dir = path.is_dir()
+            exists = is_dir or path.exists()
         except OSError:  # a name too long, a loop of links: intake reports it for this item
             is_dir = exists = False
-        path = Path(image)
         if not exists and glob.has_magic(image):
             matches = [str(m) for m in image_files_matching(image)]
             if not matches:

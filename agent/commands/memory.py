@@ -38,6 +38,12 @@ def _user_errors() -> Iterator[None]:
         raise UserInputError(str(exc)) from exc
 
 
+def _check_label(label: str) -> None:
+    if label not in ("normal", "anomalous"):
+        msg = f"--label must be normal or anomalous, got {label!r}"
+        raise UserInputError(msg)
+
+
 def _store(config: Path | None, memory: Path | None, create: bool):
     from memory.store import open_store
 
@@ -111,9 +117,7 @@ def register(app: typer.Typer) -> None:
         from memory.importer import TreeItem, import_items
         from memory.store import normalize_category
 
-        if label not in ("normal", "anomalous"):
-            msg = f"--label must be normal or anomalous, got {label!r}"
-            raise UserInputError(msg)
+        _check_label(label)
         paths = expand_images(images)
         unusable = next((error for _, error in paths if error), None)
         if unusable:
@@ -155,9 +159,7 @@ def register(app: typer.Typer) -> None:
         from memory.store import open_store
         from tools.images import load_image
 
-        if label not in ("normal", "anomalous"):
-            msg = f"--label must be normal or anomalous, got {label!r}"
-            raise UserInputError(msg)
+        _check_label(label)
         cfg = config_from_cli(config, memory_path=memory, backend="none")
         load_image(image, cfg.max_image_pixels)  # a bad image says so itself, before anything is judged or stored
         with _user_errors():
@@ -273,9 +275,7 @@ def register(app: typer.Typer) -> None:
         cfg = config_from_cli(config, memory_path=memory)
         path = operating_points_path(cfg.memory_path, cfg.memory_host, cfg.memory_port)
         try:
-            points = OperatingPoints(path)
-            names = [normalize_category(category)] if category else points.categories()
-            found = [points.get(c) for c in names]
+            found = OperatingPoints(path).listed(normalize_category(category) if category else None)
         except ValueError as exc:  # an unreadable file or a blank category: the message names it and the fix
             raise UserInputError(str(exc)) from exc
         configured = cfg.threshold if "threshold" in cfg.model_fields_set else None

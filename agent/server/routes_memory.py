@@ -169,9 +169,7 @@ async def thresholds(category: str | None = None, state: ServerState = Depends(s
                        "pass a category name, or leave the parameter out for all") from None
 
     def read():
-        points = runtime.operating_points()
-        names = [wanted] if wanted else points.categories()
-        return {p.category: p.as_dict() for p in (points.get(c) for c in names)}
+        return {p.category: p.as_dict() for p in runtime.operating_points().listed(wanted)}
 
     try:
         found = await asyncio.to_thread(read)
