@@ -32,6 +32,7 @@ from evals.bench.patch_knn_protocol import (
     PLAIN_PATCHCORE,
     _auroc,
     _drop_query_features,
+    protocol_settings,
     realsets_splits,
     small_masks,
     synthetic_splits,
@@ -53,12 +54,13 @@ def methods() -> dict:
             "patch_knn": PatchKnnConfig(), SHARES_BACKBONE: FINE_CONFIG}
 
 
-def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, configs: dict | None = None) -> None:
+def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, configs: dict | None = None,
+                  backbone: str | None = None) -> None:
     """Write the split's lines to `out` (a text file); `configs`: the patch_knn configurations measured (name ->
-    PatchKnnConfig; default `methods()`)."""
+    PatchKnnConfig; default `methods()`); `backbone`: theirs when they name none (None: the configured one)."""
     from agent.survey_fusion import scales_lead
     from evals.datasets import select_references
-    from tools.base import ToolContext, ToolSettings
+    from tools.base import ToolContext
     from tools.images import ImageStore
     from tools.parts_check import PartsCheck
     from tools.patch_knn import PatchKnn
@@ -67,7 +69,7 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, 
     store = ImageStore()
     test_ids = [store.add_file(s.path, prefix="test") for s in split.test]
     masks, has_masks = small_masks(store, split.test, test_ids)
-    settings = ToolSettings(device="cpu", threads=threads, out_dir=Path(tempfile.mkdtemp(prefix="survey-maps-")))
+    settings = protocol_settings(threads, Path(tempfile.mkdtemp(prefix="survey-maps-")), backbone)
     knn = {name: PatchKnn(cfg) for name, cfg in (configs or methods()).items()}
     others = {name: tool for name, tool in (("reference_diff", ReferenceDiff()), ("parts_check", PartsCheck()))
               if name in tools}
@@ -80,7 +82,7 @@ def collect_split(split, ks, draws: int, threads: int, out, tools=SCORED_TOOLS, 
                           "image": Path(s.path).name, "label": int(s.label), "defect": s.defect_type}
                     for s, tid in zip(split.test, test_ids, strict=True)}
             meta = {"kind": "set", "category": split.name, "source": split.source, "k": k, "draw": d,
-                    "n_test": len(test_ids)}
+                    "n_test": len(test_ids), "backbone": settings.backbone}
             for name, tool in knn.items():
                 t0 = time.perf_counter()
                 bank = tool.reference_bank(ctx)
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tool", action="append", choices=SCORED_TOOLS,
                         help="the other tools to measure (default both)")
+    parser.add_argument("--backbone", default=None,
+                        help="patch_knn's and the plain PatchCore's backbone (default: ANOMALY_AGENT_BACKBONE or "
+                             "efficientnet_lite0); its weights are found as the agent finds them")
     args = parser.parse_args(argv)
     import torch
 
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         splits = [s for s in splits if s.name in args.category]
     with args.out.open("a") as out:
         for split in splits:
-            collect_split(split, ks, args.draws, args.threads, out, tuple(args.tool or SCORED_TOOLS))
+            collect_split(split, ks, args.draws, args.threads, out, tuple(args.tool or SCORED_TOOLS),
+                          backbone=args.backbone)
     return 0
 
 

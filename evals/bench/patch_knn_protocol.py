@@ -108,10 +108,22 @@ def small_masks(store, samples, test_ids: list[str]) -> tuple[dict, bool]:
     return masks, any(m.any() for m in masks.values())
 
 
-def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: int, threads: int) -> list[dict]:
-    """Rows of (method, category, k) metrics, each the mean over `draws` reference draws."""
+def protocol_settings(threads: int, out_dir: Path, backbone: str | None = None):
+    """The `ToolSettings` of a protocol run: the user's configuration (`ANOMALY_AGENT_*` variables, e.g. the
+    backbone and where its weights are), on the CPU with `threads` threads, maps under `out_dir`, and no bank
+    kept between runs. `backbone` (a `tools.backbones` name) overrides the configured one."""
+    from agent.config import load_config
+
+    cfg = load_config(backbone=backbone, device="cpu", threads=threads)
+    return cfg.tool_settings(out_dir).model_copy(update={"bank_dir": None})
+
+
+def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: int, threads: int,
+                   backbone: str | None = None) -> list[dict]:
+    """Rows of (method, category, k) metrics, each the mean over `draws` reference draws, on `backbone` (None:
+    the configured one)."""
     from evals.datasets import select_references
-    from tools.base import ToolContext, ToolSettings
+    from tools.base import ToolContext
     from tools.images import ImageStore
     from tools.patch_knn import PatchKnn
 
@@ -125,7 +137,7 @@ def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: 
             paths = select_references(split.train_good, k, seed=d)
             ref_ids[(k, d)] = [store.add_file(p, prefix="ref") for p in paths]
     out_dir = Path(tempfile.mkdtemp(prefix="protocol-maps-"))
-    settings = ToolSettings(device="cpu", threads=threads, out_dir=out_dir)
+    settings = protocol_settings(threads, out_dir, backbone)
     rows = []
     tools = {}
     for name, cfg in methods.items():
@@ -243,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dataset", type=Path, default=REALSETS)
+    parser.add_argument("--backbone", default=None,
+                        help="every method's backbone (default: ANOMALY_AGENT_BACKBONE or efficientnet_lite0); "
+                             "its weights are found as the agent finds them (ANOMALY_AGENT_WEIGHTS_DIR, ...)")
     args = parser.parse_args(argv)
 
     import torch
@@ -272,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.perf_counter()
     for split in splits:
-        rows += evaluate_split(split, methods, ks, args.draws, args.latency_images, args.threads)
+        rows += evaluate_split(split, methods, ks, args.draws, args.latency_images, args.threads, args.backbone)
     print(f"\nfold {args.fold}, {args.draws} draws, {time.perf_counter() - t0:.0f} s")
     print_table(summary_rows(rows, ks), f"patch_knn protocol, fold {args.fold}, mean of {args.draws} draws")
     for line in verdicts(rows, ks, "patchcore", "default") if "patchcore" in methods else []:
