@@ -114,8 +114,7 @@ def protocol_settings(threads: int, out_dir: Path, backbone: str | None = None):
     kept between runs. `backbone` (a `tools.backbones` name) overrides the configured one."""
     from agent.config import load_config
 
-    cfg = load_config(backbone=backbone, device="cpu", threads=threads)
-    return cfg.tool_settings(out_dir).model_copy(update={"bank_dir": None})
+    return load_config(backbone=backbone, device="cpu", threads=threads, bank_cache=False).tool_settings(out_dir)
 
 
 def evaluate_split(split: Split, methods: dict, ks, draws: int, latency_images: int, threads: int,
